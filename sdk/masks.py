@@ -1,0 +1,63 @@
+"""Binary masks <-> the wire formats of `sdk.schema` (COCO RLE, PNG, COCO polygons).
+
+Encoding and decoding live together so the two sides cannot drift apart.  RLE and polygon
+rasterisation use pycocotools, the reference COCO implementation; polygon extraction uses
+OpenCV's contour tracer, imported only when a polygon is asked for (server side).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from sdk.schema import Mask, MaskFormat, PngMask, PolygonMask, RleMask
+
+
+def encode_mask(mask: np.ndarray, fmt: MaskFormat) -> Mask:
+    """Encode one HxW boolean/0-1 mask."""
+    binary = np.asarray(mask, dtype=bool)
+    size = (int(binary.shape[0]), int(binary.shape[1]))
+    if fmt == "rle":
+        rle = coco_mask.encode(np.asfortranarray(binary.astype(np.uint8)))
+        return RleMask(size=size, counts=rle["counts"].decode("ascii"))
+    if fmt == "png":
+        buffer = io.BytesIO()
+        Image.fromarray(binary).save(buffer, format="PNG", optimize=True)
+        return PngMask(size=size, data=base64.b64encode(buffer.getvalue()).decode("ascii"))
+    if fmt == "polygon":
+        return PolygonMask(size=size, polygons=_polygons(binary))
+    raise ValueError(f"unknown mask format {fmt!r}")
+
+
+def decode_mask(mask: Mask) -> np.ndarray:
+    """Decode to an HxW boolean array."""
+    height, width = mask.size
+    if isinstance(mask, RleMask):
+        rle = {"size": [height, width], "counts": mask.counts.encode("ascii")}
+        return coco_mask.decode(rle).astype(bool)
+    if isinstance(mask, PngMask):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(mask.data)))).astype(bool)
+    if not mask.polygons:
+        return np.zeros((height, width), dtype=bool)
+    rles = coco_mask.frPyObjects(mask.polygons, height, width)
+    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+
+
+def rle_of(mask: Mask) -> dict:
+    """COCO RLE dict (counts as str) for any wire mask, e.g. for a COCO annotation file."""
+    if isinstance(mask, RleMask):
+        return {"size": list(mask.size), "counts": mask.counts}
+    rle = coco_mask.encode(np.asfortranarray(decode_mask(mask).astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def _polygons(binary: np.ndarray) -> list[list[float]]:
+    import cv2
+
+    contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # COCO needs at least 3 points (6 numbers) per polygon; smaller contours are single pixels/lines.
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]

@@ -1,0 +1,183 @@
+"""The samfleet wire schema, API v1: the one definition shared by the server and the SDK.
+
+`serving/` imports these models to validate requests and build responses; the SDK uses them
+to build requests and parse responses.  Nothing here depends on torch or ray.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+API_VERSION = "v1"
+
+MaskFormat = Literal["rle", "png", "polygon"]
+PointLabel = Literal["positive", "negative"]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are an error, not silently ignored: a typo such as "treshold" must not
+    # quietly fall back to the default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Box(_Strict):
+    """An axis-aligned box in pixels of the original image: (x1, y1) top-left, (x2, y2) bottom-right."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Box":
+        if self.x2 <= self.x1 or self.y2 <= self.y1:
+            raise ValueError("box must have x2 > x1 and y2 > y1")
+        return self
+
+    def xyxy(self) -> list[float]:
+        return [self.x1, self.y1, self.x2, self.y2]
+
+
+class Exemplar(_Strict):
+    """A box around an example of what to find (positive) or of what not to find (negative)."""
+
+    box: Box
+    label: PointLabel = "positive"
+
+
+class Point(_Strict):
+    x: float
+    y: float
+    label: PointLabel = "positive"
+
+
+class SegmentParams(_Strict):
+    """Find every instance of a concept: a text prompt and/or box exemplars."""
+
+    prompt: str | None = Field(default=None, description="Noun phrase to find, e.g. 'red bus'.")
+    exemplars: list[Exemplar] = Field(default_factory=list)
+    threshold: Probability = Field(default=0.5, description="Minimum instance score kept.")
+    mask_threshold: Probability = Field(default=0.5, description="Mask probability binarisation level.")
+    mask_format: MaskFormat = "rle"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _has_prompt(self) -> "SegmentParams":
+        if self.prompt is None and not self.exemplars:
+            raise ValueError("give a text prompt, box exemplars, or both")
+        return self
+
+
+class PointsParams(_Strict):
+    """Segment one object from clicks (points) and/or a box around it."""
+
+    points: list[Point] = Field(default_factory=list)
+    box: Box | None = None
+    multimask: bool = Field(default=False, description="Return the model's 3 candidate masks.")
+    mask_threshold: Probability = 0.5
+    mask_format: MaskFormat = "rle"
+
+    @model_validator(mode="after")
+    def _has_prompt(self) -> "PointsParams":
+        if not self.points and self.box is None:
+            raise ValueError("give points, a box, or both")
+        return self
+
+
+class ImagePayload(_Strict):
+    image: str = Field(description="The image file (JPEG, PNG, WebP, ...) encoded as base64.")
+
+
+class SegmentRequest(SegmentParams, ImagePayload):
+    """JSON form of POST /v1/segment; the multipart form sends `image` as a file and these
+    parameters as the JSON form field `params`."""
+
+
+class PointsRequest(PointsParams, ImagePayload):
+    """JSON form of POST /v1/segment/points (multipart: `image` file + `params` JSON field)."""
+
+
+class RleMask(BaseModel):
+    format: Literal["rle"] = "rle"
+    size: tuple[int, int] = Field(description="(height, width)")
+    counts: str = Field(description="COCO compressed RLE counts, as pycocotools writes them")
+
+
+class PngMask(BaseModel):
+    format: Literal["png"] = "png"
+    size: tuple[int, int]
+    data: str = Field(description="base64 of a 1-bit PNG, 1 = object")
+
+
+class PolygonMask(BaseModel):
+    format: Literal["polygon"] = "polygon"
+    size: tuple[int, int]
+    polygons: list[list[float]] = Field(description="COCO polygons: [x1, y1, x2, y2, ...] per part")
+
+
+Mask = Annotated[Union[RleMask, PngMask, PolygonMask], Field(discriminator="format")]
+
+
+class Instance(BaseModel):
+    mask: Mask
+    box: tuple[float, float, float, float] = Field(description="xyxy in pixels of the original image")
+    score: float
+    label: str
+
+
+class SegmentResponse(BaseModel):
+    width: int
+    height: int
+    instances: list[Instance]
+    model: str
+
+
+class Limits(BaseModel):
+    """Every request limit the service enforces; all are set in the Serve config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="width*height after decoding")
+    max_payload_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="HTTP request body size")
+    max_prompt_chars: int = Field(default=200, gt=0)
+    max_exemplars: int = Field(default=16, gt=0)
+    max_points: int = Field(default=32, gt=0)
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    batch_wait_timeout_s: float
+
+
+class InfoResponse(BaseModel):
+    api_version: str = API_VERSION
+    model: str
+    tiny_random_model: bool = Field(description="True when the weights are random: masks are meaningless")
+    dtype: str
+    device: str
+    replicas: dict[str, int]
+    limits: Limits
+    batching: BatchingInfo
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable kind, e.g. 'invalid_image', 'payload_too_large'")
+    message: str
+    field: str | None = Field(default=None, description="the request field at fault, when there is one")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,33 @@
+"""Service configuration: the `args` of the Serve application, validated in one place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdk.schema import Limits
+
+DEFAULT_MODEL = "facebook/sam3"
+
+
+class BatchingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Concurrent requests that share one forward pass; see benchmarks/ for how it was chosen.
+    max_batch_size: int = Field(default=8, gt=0)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+
+
+class ServiceConfig(BaseModel):
+    """The `args:` block of the Serve config (`serve_config.yaml`)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(default=DEFAULT_MODEL, description="Hugging Face model id or local folder")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on GPU (float16 where bf16 is unsupported), float32 on CPU"
+    )
+    limits: Limits = Field(default_factory=Limits)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)

@@ -1,0 +1,94 @@
+"""Turn the model's raw low-res outputs into API responses (runs on the CPU ingress).
+
+The upsampling and binarisation are transformers' own post-processing functions, fed with
+the instances the GPU replica kept, so served masks equal in-process transformers masks.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from transformers import Sam3Processor, Sam3TrackerProcessor
+
+from sdk.masks import encode_mask
+from sdk.schema import Instance, MaskFormat, SegmentResponse
+from serving.predictor import RawDetections, RawPointMasks
+
+
+def detections_response(
+    raw: RawDetections,
+    processor: Sam3Processor,
+    *,
+    height: int,
+    width: int,
+    threshold: float,
+    mask_threshold: float,
+    mask_format: MaskFormat,
+    label: str,
+    model: str,
+) -> SegmentResponse:
+    outputs = SimpleNamespace(
+        pred_logits=torch.from_numpy(raw.pred_logits)[None],
+        pred_boxes=torch.from_numpy(raw.pred_boxes)[None],
+        pred_masks=torch.from_numpy(raw.pred_masks)[None],
+        presence_logits=torch.from_numpy(raw.presence_logits)[None],
+    )
+    (result,) = processor.post_process_instance_segmentation(
+        outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[(height, width)]
+    )
+    order = torch.argsort(result["scores"], descending=True)
+    instances = [
+        Instance(
+            mask=encode_mask(result["masks"][i].numpy(), mask_format),
+            box=_clip_box(result["boxes"][i].tolist(), width, height),
+            score=float(result["scores"][i]),
+            label=label,
+        )
+        for i in order.tolist()
+    ]
+    return SegmentResponse(width=width, height=height, instances=instances, model=model)
+
+
+def point_masks_response(
+    raw: RawPointMasks,
+    processor: Sam3TrackerProcessor,
+    *,
+    height: int,
+    width: int,
+    mask_threshold: float,
+    mask_format: MaskFormat,
+    model: str,
+) -> SegmentResponse:
+    (masks,) = processor.post_process_masks(
+        [torch.from_numpy(raw.masks)[None]], original_sizes=[(height, width)], mask_threshold=_logit(mask_threshold)
+    )
+    masks = masks[0].numpy()  # (K, H, W)
+    instances = [
+        Instance(mask=encode_mask(m, mask_format), box=_mask_box(m), score=float(s), label="object")
+        for m, s in zip(masks, raw.scores)
+    ]
+    return SegmentResponse(width=width, height=height, instances=instances, model=model)
+
+
+def _logit(p: float) -> float:
+    # post_process_masks thresholds mask logits; the API speaks in probabilities.
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return math.log(p / (1.0 - p))
+
+
+def _clip_box(box: list[float], width: int, height: int) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+
+
+def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
