@@ -1,0 +1,21 @@
+"""The Serve application: Ingress (CPU) -> SAM3Model (GPU).
+
+`serve run serve_config.yaml` / `serve deploy` call `build_app(args)` and apply the file's
+`deployments:` section themselves; `samfleet serve` reads the same file and passes that
+section as `deployment_options`, so there is one config for both.
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from serving.config import ServiceConfig
+from serving.ingress import Ingress
+from serving.model_deployment import SAM3Model
+
+
+def build_app(args: dict, deployment_options: dict[str, dict] | None = None) -> Application:
+    config = ServiceConfig.model_validate(args or {}).model_dump()
+    options = deployment_options or {}
+    model = SAM3Model.options(**options.get("SAM3Model", {})).bind(config)
+    return Ingress.options(**options.get("Ingress", {})).bind(model, config)

@@ -1,0 +1,150 @@
+"""HTTP plumbing for the ingress: body size limit, JSON/multipart request parsing, OpenAPI."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from sdk.schema import ErrorResponse, Limits
+from serving.errors import ServiceError, error_json, validation_error
+
+P = TypeVar("P", bound=BaseModel)
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+
+
+class PayloadLimitMiddleware:
+    """Refuse bodies over `limits.max_payload_bytes` before they are read into memory.
+
+    A declared Content-Length is checked up front; a chunked body is counted as it streams
+    and the request fails as soon as it passes the limit.  The limit is read from
+    `app.state.limits`, set when the ingress replica starts.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = scope["app"].state.limits.max_payload_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = error_json(413, "payload_too_large", _too_large_message(int(declared), limit))
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise ServiceError(413, "payload_too_large", _too_large_message(seen, limit))
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+
+def _too_large_message(size: int, limit: int) -> str:
+    return f"request body is {size} bytes or more; the limit is {limit} bytes"
+
+
+async def read_image_request(request: Request, json_model: type[P], params_model: type[BaseModel]) -> tuple[bytes, P]:
+    """(image bytes, validated parameters) from a JSON body (base64 image) or a multipart form
+    (`image` file + `params` JSON field)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == JSON:
+        try:
+            payload = json_model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        params = params_model.model_validate(payload.model_dump(exclude={"image"}))
+        return _b64decode(payload.image), params  # type: ignore[return-value]
+    if content_type == MULTIPART:
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise ServiceError(422, "invalid_request", "multipart form needs an 'image' file part", "image")
+        unknown = set(form.keys()) - {"image", "params"}
+        if unknown:
+            raise ServiceError(422, "invalid_request", f"unknown form fields: {sorted(unknown)}", sorted(unknown)[0])
+        try:
+            params = params_model.model_validate_json(str(form.get("params") or "{}"))
+        except ValidationError as exc:
+            raise validation_error(exc, prefix="params.") from None
+        return await upload.read(), params  # type: ignore[return-value]
+    raise ServiceError(
+        415, "unsupported_media_type", f"content type {content_type or '(none)'!r} is not supported; send {JSON} or {MULTIPART}"
+    )
+
+
+def _b64decode(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(422, "invalid_image", "image is not valid base64", "image") from None
+
+
+def check_prompt_limits(limits: Limits, *, prompt: str | None = None, exemplars: int = 0, points: int = 0) -> None:
+    if prompt is not None and len(prompt) > limits.max_prompt_chars:
+        raise ServiceError(
+            422, "prompt_too_long", f"prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}", "prompt"
+        )
+    if exemplars > limits.max_exemplars:
+        raise ServiceError(422, "too_many_exemplars", f"{exemplars} exemplars; the limit is {limits.max_exemplars}", "exemplars")
+    if points > limits.max_points:
+        raise ServiceError(422, "too_many_points", f"{points} points; the limit is {limits.max_points}", "points")
+
+
+def check_inside(field: str, xs: list[float], ys: list[float], width: int, height: int) -> None:
+    if any(x < 0 or x > width for x in xs) or any(y < 0 or y > height for y in ys):
+        raise ServiceError(422, "out_of_bounds", f"{field} lies outside the {width}x{height} image", field)
+
+
+def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], type[BaseModel]]]) -> None:
+    """Describe the JSON and multipart bodies of the image routes in the OpenAPI document.
+
+    The routes parse their body by content type themselves (one route, two encodings), so
+    FastAPI cannot infer the request schema; this adds it, with the pydantic models'
+    definitions placed under components/schemas where OpenAPI references resolve.
+    """
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        ref = "#/components/schemas/{model}"
+        for model in {m for pair in routes.values() for m in pair} | {ErrorResponse}:
+            defs = model.model_json_schema(ref_template=ref)
+            components.update(defs.pop("$defs", {}))
+            components[model.__name__] = defs
+        for path, (json_model, params_model) in routes.items():
+            schema["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {
+                    JSON: {"schema": {"$ref": ref.format(model=json_model.__name__)}},
+                    MULTIPART: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {"type": "string", "format": "binary"},
+                                "params": {"$ref": ref.format(model=params_model.__name__)},
+                            },
+                        },
+                        "encoding": {"params": {"contentType": JSON}},
+                    },
+                },
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+

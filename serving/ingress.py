@@ -1,0 +1,154 @@
+"""The CPU ingress: HTTP API v1.  Validates and decodes requests, calls the model deployment
+through its handle, post-processes and encodes the results.
+
+No `from __future__ import annotations` here: FastAPI reads the route annotations at runtime.
+"""
+
+
+import logging
+
+from fastapi import FastAPI, Request
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.concurrency import run_in_threadpool
+
+from sdk.schema import (
+    API_VERSION,
+    BatchingInfo,
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+    PointsParams,
+    PointsRequest,
+    SegmentParams,
+    SegmentRequest,
+    SegmentResponse,
+)
+from serving.config import ServiceConfig
+from serving.errors import install_error_handlers
+from serving.http import (
+    PayloadLimitMiddleware,
+    check_inside,
+    check_prompt_limits,
+    document_image_body,
+    read_image_request,
+)
+from serving.images import decode_image
+from serving.model_loader import load_processors
+from serving.postprocess import detections_response, point_masks_response
+from serving.predictor import PointsItem, SegmentItem
+from serving.tiny_model import TINY_MODEL_NOTICE
+
+log = logging.getLogger("samfleet")
+
+api = FastAPI(
+    title="samfleet",
+    version=API_VERSION,
+    description="SAM3 annotation service: every instance matching a text prompt, box exemplars or points.",
+)
+api.add_middleware(PayloadLimitMiddleware)
+install_error_handlers(api)
+document_image_body(
+    api,
+    {
+        f"/{API_VERSION}/segment": (SegmentRequest, SegmentParams),
+        f"/{API_VERSION}/segment/points": (PointsRequest, PointsParams),
+    },
+)
+ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
+EXEMPLAR_LABEL = "exemplar"
+
+
+def _running_replicas() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for app in serve.status().applications.values():
+        for name, deployment in app.deployments.items():
+            counts[name] = deployment.replica_states.get("RUNNING", 0)
+    return counts
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, model: DeploymentHandle, config: dict):
+        self.config = ServiceConfig.model_validate(config)
+        self.model = model
+        self.processor, self.tracker_processor = load_processors(self.config.model)
+        api.state.limits = self.config.limits
+
+    @api.get("/healthz", response_model=HealthResponse)
+    async def healthz(self) -> HealthResponse:
+        return HealthResponse()
+
+    @api.get(f"/{API_VERSION}/info", response_model=InfoResponse)
+    async def info(self) -> InfoResponse:
+        described = await self.model.describe.remote()
+        if described["tiny_random_model"]:
+            log.warning(TINY_MODEL_NOTICE)
+        return InfoResponse(
+            model=self.config.model,
+            replicas=await run_in_threadpool(_running_replicas),
+            limits=self.config.limits,
+            batching=BatchingInfo(**self.config.batching.model_dump()),
+            **described,
+        )
+
+    @api.post(f"/{API_VERSION}/segment", response_model=SegmentResponse, responses=ERRORS)
+    async def segment(self, request: Request) -> SegmentResponse:
+        data, params = await read_image_request(request, SegmentRequest, SegmentParams)
+        limits = self.config.limits
+        check_prompt_limits(limits, prompt=params.prompt, exemplars=len(params.exemplars))
+        image = await run_in_threadpool(decode_image, data, limits)
+        height, width = image.shape[:2]
+        for i, ex in enumerate(params.exemplars):
+            check_inside(f"exemplars.{i}.box", [ex.box.x1, ex.box.x2], [ex.box.y1, ex.box.y2], width, height)
+        item = SegmentItem(
+            image=image,
+            prompt=params.prompt,
+            boxes=[ex.box.xyxy() for ex in params.exemplars],
+            box_labels=[int(ex.label == "positive") for ex in params.exemplars],
+            threshold=params.threshold,
+        )
+        raw = await self.model.segment.remote(item)
+        return await run_in_threadpool(
+            detections_response,
+            raw,
+            self.processor,
+            height=height,
+            width=width,
+            threshold=params.threshold,
+            mask_threshold=params.mask_threshold,
+            mask_format=params.mask_format,
+            label=params.prompt or EXEMPLAR_LABEL,
+            model=self.config.model,
+        )
+
+    @api.post(f"/{API_VERSION}/segment/points", response_model=SegmentResponse, responses=ERRORS)
+    async def segment_points(self, request: Request) -> SegmentResponse:
+        data, params = await read_image_request(request, PointsRequest, PointsParams)
+        limits = self.config.limits
+        check_prompt_limits(limits, points=len(params.points))
+        image = await run_in_threadpool(decode_image, data, limits)
+        height, width = image.shape[:2]
+        check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
+        if params.box is not None:
+            check_inside("box", [params.box.x1, params.box.x2], [params.box.y1, params.box.y2], width, height)
+        item = PointsItem(
+            image=image,
+            points=[[p.x, p.y] for p in params.points],
+            point_labels=[int(p.label == "positive") for p in params.points],
+            box=params.box.xyxy() if params.box else None,
+            multimask=params.multimask,
+        )
+        raw = await self.model.segment_points.remote(item)
+        return await run_in_threadpool(
+            point_masks_response,
+            raw,
+            self.tracker_processor,
+            height=height,
+            width=width,
+            mask_threshold=params.mask_threshold,
+            mask_format=params.mask_format,
+            model=self.config.model,
+        )
+

@@ -1,0 +1,42 @@
+"""The GPU deployment: one SAM3 (detector + tracker) per replica, requests batched with
+`@serve.batch` so concurrent requests share one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from serving.config import ServiceConfig
+from serving.model_loader import load_sam3
+from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
+
+DEFAULT_BATCH = ServiceConfig().batching
+
+
+@serve.deployment(name="SAM3Model")
+class SAM3Model:
+    def __init__(self, config: dict):
+        self.config = ServiceConfig.model_validate(config)
+        self.loaded = load_sam3(self.config)
+        self.predictor = Sam3Predictor(self.loaded)
+        for batched in (self.segment, self.segment_points):
+            batched.set_max_batch_size(self.config.batching.max_batch_size)
+            batched.set_batch_wait_timeout_s(self.config.batching.batch_wait_timeout_s)
+
+    # The batch size set here is replaced by the configured one in __init__.
+    @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
+    async def segment(self, items: list[SegmentItem]) -> list[RawDetections]:
+        # In a worker thread so the replica keeps accepting (and batching) requests meanwhile.
+        return await asyncio.to_thread(self.predictor.segment, items)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
+    async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
+        return await asyncio.to_thread(self.predictor.segment_points, items)
+
+    def describe(self) -> dict:
+        return {
+            "device": str(self.loaded.device),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "tiny_random_model": self.loaded.tiny,
+        }

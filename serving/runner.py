@@ -1,0 +1,125 @@
+"""Start and stop the Serve application: on an embedded local Ray, or on an existing cluster."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from serving.config import ServiceConfig
+
+APP_NAME = "samfleet"
+MODEL_DEPLOYMENT = "SAM3Model"
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("serving") / "serve_config.yaml"))
+
+
+@dataclass
+class ServeSettings:
+    """What one Serve config file says, after command-line overrides."""
+
+    args: dict
+    deployment_options: dict[str, dict]
+    host: str
+    port: int
+    route_prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> ServeSettings:
+    raw = yaml.safe_load(Path(config_path or default_config_path()).read_text())
+    (app,) = [a for a in raw["applications"] if a.get("name", APP_NAME) == APP_NAME]
+    args = copy.deepcopy(app.get("args") or {})
+    if model:
+        args["model"] = model
+    if device:
+        args["device"] = device
+    ServiceConfig.model_validate(args)  # fail here, with a clear message, not in a replica
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
+    http = raw.get("http_options") or {}
+    return ServeSettings(
+        args=args,
+        deployment_options=options,
+        host=host or http.get("host", "127.0.0.1"),
+        port=port or int(http.get("port", 8000)),
+        route_prefix=app.get("route_prefix", "/"),
+    )
+
+
+def fit_to_cluster(settings: ServeSettings, gpus_available: float) -> list[str]:
+    """Adjust a GPU config to a cluster without GPUs (a laptop, CI); return what changed."""
+    model_opts = settings.deployment_options.setdefault(MODEL_DEPLOYMENT, {})
+    actor = model_opts.setdefault("ray_actor_options", {})
+    if actor.get("num_gpus", 0) > 0 and gpus_available == 0:
+        actor["num_gpus"] = 0
+        settings.args["device"] = "cpu"
+        return ["no GPU in this Ray cluster: SAM3 replicas run on the CPU (slow)"]
+    return []
+
+
+def start(settings: ServeSettings, *, address: str | None = None, wait_s: float = 600) -> list[str]:
+    """Deploy the application (starting an embedded local Ray unless `address` is given)."""
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    if address:
+        ray.init(address=address)
+        notes = []
+    else:
+        # Logical CPUs only: the two deployments' replicas may share the machine's cores.
+        ray.init(
+            num_cpus=max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+            log_to_driver=False,
+        )
+        notes = fit_to_cluster(settings, ray.cluster_resources().get("GPU", 0))
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    app = build_app(settings.args, settings.deployment_options)
+    deadline = time.monotonic() + wait_s
+    serve.run(app, name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
+    _wait_healthy(settings.url, deadline)
+    return notes
+
+
+def stop(*, shutdown_ray: bool = True) -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    if shutdown_ray:
+        ray.shutdown()
+
+
+def _wait_healthy(url: str, deadline: float) -> None:
+    import httpx
+
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"samfleet did not become healthy at {url}")
+        time.sleep(0.5)
