@@ -1,0 +1,39 @@
+"""Draw a segmentation response over its image (PIL only, so it works on a laptop)."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from sdk.images import ImageInput, load_rgb
+from sdk.masks import decode_mask
+from sdk.schema import SegmentResponse
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """n well-separated colours (golden-ratio hue steps)."""
+    return [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 1.0))  # type: ignore[misc]
+        for i in range(n)
+    ]
+
+
+def overlay(image: ImageInput, result: SegmentResponse, alpha: float = 0.5, caption: str | None = None) -> Image.Image:
+    """The image with each instance's mask tinted, its box drawn and its label and score written."""
+    base = np.asarray(load_rgb(image), dtype=np.float32)
+    colours = palette(len(result.instances))
+    for inst, colour in zip(result.instances, colours):
+        mask = decode_mask(inst.mask)
+        base[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(colour, dtype=np.float32)
+    out = Image.fromarray(base.astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for inst, colour in zip(result.instances, colours):
+        x1, y1, x2, y2 = inst.box
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        draw.text((x1 + 3, y1 + 2), f"{inst.label} {inst.score:.2f}", fill=colour)
+    if caption:
+        draw.rectangle([0, out.height - 16, out.width, out.height], fill=(0, 0, 0))
+        draw.text((4, out.height - 14), caption, fill=(255, 255, 0))
+    return out

@@ -1,0 +1,123 @@
+"""`samfleet` command line: serve, demo, make-tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from serving.tiny_model import TINY_MODEL_NOTICE, build_tiny_model, is_tiny_model
+
+DEFAULT_TINY_DIR = Path(".cache/tiny-sam3")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="samfleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service until interrupted")
+    _service_options(serve)
+    serve.add_argument("--address", help="deploy onto this existing Ray cluster instead of an embedded local one")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="start the service, annotate the sample images, stop")
+    _service_options(demo)
+    demo.add_argument("--images", type=Path, default=Path("examples/images"))
+    demo.add_argument("--prompt", default="cat")
+    demo.add_argument("--threshold", type=float, default=0.5, help="minimum instance score")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.set_defaults(func=cmd_demo)
+
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random SAM3 checkpoint (meaningless masks)")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=lambda a: print(f"wrote {build_tiny_model(a.dir, a.seed)}: {TINY_MODEL_NOTICE}") or 0)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _service_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="Serve config YAML (default: the packaged serve_config.yaml)")
+    p.add_argument("--model", help="model id or local folder (default: the config's; demo: the tiny model)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+
+
+def _start(args, model: str | None) -> str:
+    from serving import runner
+
+    settings = runner.load_settings(args.config, model=model, device=args.device, host=args.host, port=args.port)
+    if is_tiny_model(settings.args.get("model", "")):
+        print(f"NOTE: {TINY_MODEL_NOTICE}", flush=True)
+    started = time.monotonic()
+    for note in runner.start(settings, address=getattr(args, "address", None)):
+        print(f"NOTE: {note}", flush=True)
+    print(f"samfleet is serving {settings.args['model']} at {settings.url} "
+          f"(ready in {time.monotonic() - started:.1f} s; API docs at {settings.url}/docs)", flush=True)
+    return settings.url
+
+
+def cmd_serve(args) -> int:
+    from serving import runner
+
+    _start(args, args.model)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("stopping samfleet", flush=True)
+    runner.stop(shutdown_ray=not args.address)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sdk import Client
+    from sdk.coco import CocoBuilder
+    from sdk.render import overlay
+    from serving import runner
+
+    model = args.model
+    if model is None:
+        model = str(DEFAULT_TINY_DIR)
+        if not is_tiny_model(model):
+            build_tiny_model(model)
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        print(f"no images in {args.images}", file=sys.stderr)
+        return 1
+    url = _start(args, model)
+    caption = "tiny random SAM3: masks are meaningless" if is_tiny_model(model) else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    coco = CocoBuilder()
+    try:
+        with Client(url) as client:
+            for path in images:
+                text = client.segment(path, prompt=args.prompt, threshold=args.threshold)
+                overlay(path, text, caption=caption).save(args.out / f"{path.stem}_text.png")
+                coco.add(path.name, text)
+                centre = [[text.width / 2, text.height / 2]]
+                clicked = client.segment_points(path, centre)
+                overlay(path, clicked, caption=caption).save(args.out / f"{path.stem}_point.png")
+                coco.add(path.name, clicked)
+                print(f"{path.name}: {len(text.instances)} instance(s) of {args.prompt!r}, "
+                      f"point mask score {clicked.instances[0].score:.2f}", flush=True)
+    finally:
+        runner.stop()
+    (args.out / "annotations.coco.json").write_text(json.dumps(coco.to_dict()))
+    print(f"wrote overlays and annotations.coco.json to {args.out}/")
+    if caption:
+        print(f"NOTE: {TINY_MODEL_NOTICE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

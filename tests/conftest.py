@@ -1,0 +1,95 @@
+"""Shared fixtures: the tiny random SAM3 checkpoint and one real samfleet service on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import yaml
+
+# Nothing in the tests may reach a model hub; Ray must not phone home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# Small limits so the limit tests send small requests.
+TEST_LIMITS = {
+    "max_image_pixels": 1_000_000,
+    "max_payload_bytes": 2_000_000,
+    "max_prompt_chars": 50,
+    "max_exemplars": 4,
+    "max_points": 4,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from serving.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-sam3")))
+
+
+@pytest.fixture(scope="session")
+def service_config(tmp_path_factory, tiny_model):
+    from serving.runner import default_config_path
+
+    raw = yaml.safe_load(default_config_path().read_text())
+    app = raw["applications"][0]
+    app["args"].update(model=tiny_model, limits=TEST_LIMITS)
+    # A long batch window makes concurrent test requests land in one batch.
+    app["args"]["batching"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}
+    raw["http_options"]["port"] = free_port()
+    path = tmp_path_factory.mktemp("config") / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def service(service_config):
+    """URL of a real samfleet (embedded Ray + Serve, loopback), stopped after the session."""
+    from serving import runner
+
+    settings = runner.load_settings(service_config)
+    runner.start(settings)
+    try:
+        yield settings.url
+    finally:
+        runner.stop()
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    from sdk import Client
+
+    with Client(service) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model):
+    """The tiny model called in-process through transformers only: what served results must equal."""
+    from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor
+
+    return {
+        "model": Sam3Model.from_pretrained(tiny_model).eval(),
+        "processor": Sam3Processor.from_pretrained(tiny_model),
+        "tracker": Sam3TrackerModel.from_pretrained(tiny_model).eval(),
+        "tracker_processor": Sam3TrackerProcessor.from_pretrained(tiny_model),
+    }
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Deterministic test pictures of different sizes and aspect ratios."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    shapes = [(120, 160), (200, 130), (96, 96), (150, 210)]
+    return [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in shapes]

@@ -1,0 +1,124 @@
+"""Served results equal the same tiny SAM3 called in-process through transformers."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import reference as ref_impl
+from sdk import decode_mask
+
+MAX_MASK_MISMATCH = 1e-3  # fraction of pixels; bilinear upsampling may flip boundary pixels
+
+
+def assert_same_instances(served, expected, image):
+    height, width = image.shape[:2]
+    assert (served.height, served.width) == (height, width)
+    assert len(served.instances) == len(expected["scores"]) > 0
+    got_scores = np.array([i.score for i in served.instances])
+    got_boxes = np.array([i.box for i in served.instances])
+    for k, inst in enumerate(served.instances):
+        # Match on the box: scores of a random model can tie, boxes are distinct.
+        j = int(np.abs(expected["boxes"] - got_boxes[k]).sum(axis=1).argmin())
+        np.testing.assert_allclose(got_scores[k], expected["scores"][j], atol=1e-4)
+        np.testing.assert_allclose(got_boxes[k], expected["boxes"][j], atol=0.05)
+        mismatch = (decode_mask(inst.mask) != expected["masks"][j]).mean()
+        assert mismatch <= MAX_MASK_MISMATCH, f"instance {k}: {mismatch:.2%} of pixels differ"
+    assert list(got_scores) == sorted(got_scores, reverse=True), "instances are sorted by score"
+
+
+@pytest.mark.parametrize("mask_format", ["rle", "png", "polygon"])
+def test_text_prompt(client, reference, images, mask_format):
+    image = images[0]
+    expected = ref_impl.segment(reference, image, prompt="red bus", threshold=0.0)
+    served = client.segment(image, prompt="red bus", threshold=0.0, mask_format=mask_format)
+    if mask_format == "polygon":  # polygons trace the outline: compare areas loosely, exact elsewhere
+        for inst in served.instances:
+            assert inst.mask.format == "polygon"
+        served = client.segment(image, prompt="red bus", threshold=0.0)
+    assert all(i.label == "red bus" for i in served.instances)
+    assert_same_instances(served, expected, image)
+
+
+def test_threshold_filters_like_transformers(client, reference, images):
+    image = images[1]
+    scores = ref_impl.segment(reference, image, prompt="dog", threshold=0.0)["scores"]
+    threshold = float(np.median(scores))
+    expected = ref_impl.segment(reference, image, prompt="dog", threshold=threshold)
+    served = client.segment(image, prompt="dog", threshold=threshold)
+    assert 0 < len(served.instances) < len(scores)
+    assert_same_instances(served, expected, image)
+
+
+def test_positive_and_negative_exemplars(client, reference, images):
+    image = images[3]
+    boxes, labels = [[10, 12, 80, 90], [100, 20, 190, 140]], [1, 0]
+    expected = ref_impl.segment(reference, image, boxes=boxes, box_labels=labels, threshold=0.0)
+    served = client.segment(image, exemplars=[boxes[0]], negative=[boxes[1]], threshold=0.0)
+    assert all(i.label == "exemplar" for i in served.instances)
+    assert_same_instances(served, expected, image)
+
+
+def test_text_with_exemplar(client, reference, images):
+    image = images[2]
+    expected = ref_impl.segment(reference, image, prompt="cup", boxes=[[5, 5, 40, 50]], box_labels=[1], threshold=0.0)
+    served = client.segment(image, prompt="cup", exemplars=[[5, 5, 40, 50]], threshold=0.0)
+    assert_same_instances(served, expected, image)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"points": [[30, 40]], "labels": [1]},
+        {"points": [[30, 40], [100, 90]], "labels": [1, 0], "multimask": True},
+        {"box": [20, 20, 120, 100]},
+        {"points": [[60, 50]], "labels": [1], "box": [20, 20, 120, 100]},
+    ],
+)
+def test_point_and_box_prompts(client, reference, images, kwargs):
+    image = images[0]
+    expected = ref_impl.segment_points(reference, image, **kwargs)
+    points = kwargs.pop("points", [])
+    served = client.segment_points(image, points, **kwargs)
+    assert len(served.instances) == len(expected["scores"]) == (3 if kwargs.get("multimask") else 1)
+    for inst, score, mask in zip(served.instances, expected["scores"], expected["masks"]):
+        np.testing.assert_allclose(inst.score, score, atol=1e-4)
+        assert (decode_mask(inst.mask) != mask).mean() <= MAX_MASK_MISMATCH
+
+
+def test_concurrent_requests_are_batched_and_equal_single_ones(client, reference, images):
+    prompts = ["cat", "red bus", "person", "tree"]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        served = list(pool.map(lambda a: client.segment(a[0], prompt=a[1], threshold=0.0), zip(images, prompts)))
+    for image, prompt, result in zip(images, prompts, served):
+        assert_same_instances(result, ref_impl.segment(reference, image, prompt=prompt, threshold=0.0), image)
+
+
+def test_predictor_batch_equals_one_by_one(tiny_model, images):
+    """Deterministic check of the batching itself, mixed prompt kinds in one batch."""
+    from serving.config import ServiceConfig
+    from serving.model_loader import load_sam3
+    from serving.predictor import PointsItem, Sam3Predictor, SegmentItem
+
+    predictor = Sam3Predictor(load_sam3(ServiceConfig(model=tiny_model)))
+    items = [
+        SegmentItem(images[0], "cat", threshold=0.0),
+        SegmentItem(images[1], None, boxes=[[5, 5, 50, 60]], box_labels=[1], threshold=0.0),
+        SegmentItem(images[2], "a much longer prompt", threshold=0.0),
+        SegmentItem(images[3], "dog", boxes=[[5, 5, 50, 60]], box_labels=[0], threshold=0.0),
+    ]
+    for batched, item in zip(predictor.segment(items), items):
+        (single,) = predictor.segment([item])
+        np.testing.assert_allclose(batched.pred_logits, single.pred_logits, atol=1e-5)
+        np.testing.assert_allclose(batched.pred_masks, single.pred_masks, atol=1e-4)
+    point_items = [
+        PointsItem(images[0], [[10, 10]], [1]),
+        PointsItem(images[1], [[10, 10], [40, 50]], [1, 0], multimask=True),
+        PointsItem(images[2], [[20, 30]], [0], box=[5, 5, 60, 60]),
+    ]
+    for batched, item in zip(predictor.segment_points(point_items), point_items):
+        (single,) = predictor.segment_points([item])
+        np.testing.assert_allclose(batched.masks, single.masks, atol=1e-4)
+        np.testing.assert_allclose(batched.scores, single.scores, atol=1e-5)
