@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 
 import pytest
 import yaml
@@ -27,6 +29,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ray_processes() -> set[int]:
+    """PIDs of Ray's node daemons on this machine."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if "raylet" in line or "gcs_server" in line}
+
+
+def wait_for_ray_exit(before: set[int], timeout_s: float = 30) -> set[int]:
+    """Ray processes started since `before` that are still alive after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while (left := ray_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +73,14 @@ def service(service_config):
     from serving import runner
 
     settings = runner.load_settings(service_config)
+    before = ray_processes()
     runner.start(settings)
     try:
         yield settings.url
     finally:
         runner.stop()
+    leaked = wait_for_ray_exit(before)
+    assert not leaked, f"Ray processes left running after shutdown: {sorted(leaked)}"
 
 
 @pytest.fixture(scope="session")

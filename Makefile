@@ -1,0 +1,30 @@
+# samfleet developer entry points.  `make demo` and `make test` each set up everything first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torchvision (needed by transformers' SAM3 image processor) exists on this project's package
+# mirror only as the torch 2.14.1 / torchvision 0.29.1 pair; it runs on CPU and on CUDA GPUs.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo serve test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/samfleet demo
+
+serve: install
+	$(VENV)/bin/samfleet serve
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache out .pytest_cache

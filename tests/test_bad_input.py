@@ -1,0 +1,190 @@
+"""Bad input gets a 4xx JSON error naming the problem, and the service keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TEST_LIMITS
+from sdk import APIError
+
+
+def png(width=64, height=48, mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), 128 if mode != "1" else 0).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post_json(url, path="/v1/segment", **body):
+    return httpx.post(f"{url}{path}", json=body, timeout=60)
+
+
+def post_multipart(url, data: bytes, params: dict, path="/v1/segment"):
+    return httpx.post(f"{url}{path}", files={"image": ("x", data)}, data={"params": json.dumps(params)}, timeout=60)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def assert_error(response, status, code, *, field=None, says=""):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code
+    if field is not None:
+        assert error["field"] == field
+    assert says.lower() in error["message"].lower(), error["message"]
+
+
+@pytest.fixture(autouse=True)
+def still_serving(service, client):
+    yield
+    assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}
+    assert client.segment(np.zeros((32, 32, 3), np.uint8), prompt="ok").width == 32
+
+
+def test_corrupt_image(service):
+    truncated = png(200, 200)[:80]
+    assert_error(post_json(service, image=b64(truncated), prompt="cat"), 422, "invalid_image", field="image", says="corrupt")
+
+
+def test_non_image_bytes(service):
+    r = post_multipart(service, b"%PDF-1.4 definitely not an image", {"prompt": "cat"})
+    assert_error(r, 422, "invalid_image", field="image", says="not a decodable")
+
+
+def test_empty_image(service):
+    assert_error(post_json(service, image="", prompt="cat"), 422, "invalid_image", says="empty")
+
+
+def test_invalid_base64(service):
+    assert_error(post_json(service, image="***not base64***", prompt="cat"), 422, "invalid_image", says="base64")
+
+
+def test_empty_prompt(service):
+    assert_error(post_json(service, image=b64(png()), prompt="   "), 422, "invalid_request", field="prompt", says="empty")
+
+
+def test_no_prompt_at_all(service):
+    assert_error(post_json(service, image=b64(png())), 422, "invalid_request", says="text prompt, box exemplars")
+
+
+def test_oversized_prompt(service):
+    r = post_json(service, image=b64(png()), prompt="x" * (TEST_LIMITS["max_prompt_chars"] + 1))
+    assert_error(r, 422, "prompt_too_long", field="prompt", says=str(TEST_LIMITS["max_prompt_chars"]))
+
+
+def test_too_many_exemplars(service):
+    boxes = [{"box": {"x1": 1, "y1": 1, "x2": 5, "y2": 5}}] * (TEST_LIMITS["max_exemplars"] + 1)
+    assert_error(post_json(service, image=b64(png()), exemplars=boxes), 422, "too_many_exemplars")
+
+
+def test_exemplar_outside_image(service):
+    box = {"box": {"x1": 10, "y1": 10, "x2": 500, "y2": 20}}
+    r = post_json(service, image=b64(png(64, 48)), exemplars=[box])
+    assert_error(r, 422, "out_of_bounds", field="exemplars.0.box", says="64x48")
+
+
+def test_inverted_box(service):
+    box = {"box": {"x1": 30, "y1": 10, "x2": 5, "y2": 20}}
+    r = post_json(service, image=b64(png()), exemplars=[box])
+    assert_error(r, 422, "invalid_request", field="exemplars.0.box", says="x2 > x1")
+
+
+def test_point_outside_image(service):
+    r = post_json(service, "/v1/segment/points", image=b64(png(64, 48)), points=[{"x": 10, "y": 49}])
+    assert_error(r, 422, "out_of_bounds", field="points")
+
+
+def test_too_many_points(service):
+    points = [{"x": 1, "y": 1}] * (TEST_LIMITS["max_points"] + 1)
+    assert_error(post_json(service, "/v1/segment/points", image=b64(png()), points=points), 422, "too_many_points")
+
+
+def test_image_over_pixel_limit_is_refused_before_decoding(service):
+    # A 1-bit 4000x4000 PNG is a few KB on the wire but 16 M pixels: a decompression bomb.
+    bomb = png(4000, 4000, mode="1")
+    assert len(bomb) < 100_000
+    r = post_multipart(service, bomb, {"prompt": "cat"})
+    assert_error(r, 413, "image_too_large", field="image", says=str(TEST_LIMITS["max_image_pixels"]))
+
+
+def test_payload_over_size_limit(service):
+    big = b"\0" * (TEST_LIMITS["max_payload_bytes"] + 1)
+    r = post_multipart(service, big, {"prompt": "cat"})
+    assert_error(r, 413, "payload_too_large", says=str(TEST_LIMITS["max_payload_bytes"]))
+
+
+def test_chunked_payload_over_size_limit(service):
+    def chunks():
+        for _ in range(TEST_LIMITS["max_payload_bytes"] // 65536 + 2):
+            yield b"a" * 65536
+
+    r = httpx.post(f"{service}/v1/segment", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert_error(r, 413, "payload_too_large")
+
+
+def test_wrong_content_type(service):
+    r = httpx.post(f"{service}/v1/segment", content=b"prompt=cat", headers={"content-type": "text/plain"})
+    assert_error(r, 415, "unsupported_media_type", says="text/plain")
+
+
+def test_unknown_field_json(service):
+    r = post_json(service, image=b64(png()), prompt="cat", treshold=0.3)
+    assert_error(r, 422, "invalid_request", field="treshold", says="extra inputs")
+
+
+def test_unknown_field_multipart_params(service):
+    r = post_multipart(service, png(), {"prompt": "cat", "colour": "red"})
+    assert_error(r, 422, "invalid_request", field="params.colour")
+
+
+def test_multipart_without_image(service):
+    r = httpx.post(f"{service}/v1/segment", files={"params": (None, '{"prompt": "cat"}')})
+    assert_error(r, 422, "invalid_request", field="image")
+
+
+def test_malformed_json(service):
+    r = httpx.post(f"{service}/v1/segment", content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(r, 422, "invalid_request", says="json")
+
+
+def test_threshold_out_of_range(service):
+    assert_error(post_json(service, image=b64(png()), prompt="cat", threshold=1.5), 422, "invalid_request", field="threshold")
+
+
+def test_unknown_route(service):
+    assert_error(httpx.get(f"{service}/v2/segment"), 404, "not_found")
+
+
+def test_sdk_raises_api_error_with_server_message(client):
+    with pytest.raises(APIError) as raised:
+        client.segment(b"not an image", prompt="cat")
+    assert raised.value.status == 422
+    assert raised.value.code == "invalid_image"
+    assert "not a decodable" in raised.value.message
+
+
+def test_exif_orientation_is_honoured(client):
+    image = Image.new("RGB", (60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: the upright picture is 40 wide, 60 high
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    result = client.segment(buffer.getvalue(), prompt="cat")
+    assert (result.width, result.height) == (40, 60)
+
+
+def test_openapi_documents_both_encodings(service):
+    spec = httpx.get(f"{service}/openapi.json").json()
+    body = spec["paths"]["/v1/segment"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert "SegmentRequest" in spec["components"]["schemas"]
+    assert httpx.get(f"{service}/docs").status_code == 200
