@@ -91,7 +91,10 @@ def _b64decode(data: str) -> bytes:
         raise ServiceError(422, "invalid_image", "image is not valid base64", "image") from None
 
 
-def check_prompt_limits(limits: Limits, *, prompt: str | None = None, exemplars: int = 0, points: int = 0) -> None:
+def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
+    prompt = getattr(params, "prompt", None)
+    exemplars = len(getattr(params, "exemplars", ()))
+    points = len(getattr(params, "points", ()))
     if prompt is not None and len(prompt) > limits.max_prompt_chars:
         raise ServiceError(
             422, "prompt_too_long", f"prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}", "prompt"

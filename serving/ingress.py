@@ -76,6 +76,12 @@ class Ingress:
         self.processor, self.tracker_processor = load_processors(self.config.model)
         api.state.limits = self.config.limits
 
+    async def _read(self, request: Request, json_model, params_model):
+        """(decoded image, parameters), the prompt limits checked before the image is decoded."""
+        data, params = await read_image_request(request, json_model, params_model)
+        check_prompt_limits(self.config.limits, params)
+        return await run_in_threadpool(decode_image, data, self.config.limits), params
+
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
         return HealthResponse()
@@ -95,10 +101,7 @@ class Ingress:
 
     @api.post(f"/{API_VERSION}/segment", response_model=SegmentResponse, responses=ERRORS)
     async def segment(self, request: Request) -> SegmentResponse:
-        data, params = await read_image_request(request, SegmentRequest, SegmentParams)
-        limits = self.config.limits
-        check_prompt_limits(limits, prompt=params.prompt, exemplars=len(params.exemplars))
-        image = await run_in_threadpool(decode_image, data, limits)
+        image, params = await self._read(request, SegmentRequest, SegmentParams)
         height, width = image.shape[:2]
         for i, ex in enumerate(params.exemplars):
             check_inside(f"exemplars.{i}.box", [ex.box.x1, ex.box.x2], [ex.box.y1, ex.box.y2], width, height)
@@ -125,10 +128,7 @@ class Ingress:
 
     @api.post(f"/{API_VERSION}/segment/points", response_model=SegmentResponse, responses=ERRORS)
     async def segment_points(self, request: Request) -> SegmentResponse:
-        data, params = await read_image_request(request, PointsRequest, PointsParams)
-        limits = self.config.limits
-        check_prompt_limits(limits, points=len(params.points))
-        image = await run_in_threadpool(decode_image, data, limits)
+        image, params = await self._read(request, PointsRequest, PointsParams)
         height, width = image.shape[:2]
         check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
         if params.box is not None:
