@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 
@@ -32,6 +32,4 @@ def load_rgb(image: ImageInput) -> Image.Image:
         return image.convert("RGB")
     if isinstance(image, np.ndarray):
         return Image.fromarray(image).convert("RGB")
-    from PIL import ImageOps
-
     return ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes(image)))).convert("RGB")
