@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from sdk.schema import ErrorResponse, Limits
+from sdk.schema import Box, ErrorResponse, Limits
 from serving.errors import ServiceError, error_json, validation_error
 
 P = TypeVar("P", bound=BaseModel)
@@ -108,6 +108,10 @@ def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
 def check_inside(field: str, xs: list[float], ys: list[float], width: int, height: int) -> None:
     if any(x < 0 or x > width for x in xs) or any(y < 0 or y > height for y in ys):
         raise ServiceError(422, "out_of_bounds", f"{field} lies outside the {width}x{height} image", field)
+
+
+def check_box_inside(field: str, box: Box, width: int, height: int) -> None:
+    check_inside(field, [box.x1, box.x2], [box.y1, box.y2], width, height)
 
 
 def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], type[BaseModel]]]) -> None:

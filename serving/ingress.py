@@ -28,6 +28,7 @@ from serving.config import ServiceConfig
 from serving.errors import install_error_handlers
 from serving.http import (
     PayloadLimitMiddleware,
+    check_box_inside,
     check_inside,
     check_prompt_limits,
     document_image_body,
@@ -104,7 +105,7 @@ class Ingress:
         image, params = await self._read(request, SegmentRequest, SegmentParams)
         height, width = image.shape[:2]
         for i, ex in enumerate(params.exemplars):
-            check_inside(f"exemplars.{i}.box", [ex.box.x1, ex.box.x2], [ex.box.y1, ex.box.y2], width, height)
+            check_box_inside(f"exemplars.{i}.box", ex.box, width, height)
         item = SegmentItem(
             image=image,
             prompt=params.prompt,
@@ -132,7 +133,7 @@ class Ingress:
         height, width = image.shape[:2]
         check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
         if params.box is not None:
-            check_inside("box", [params.box.x1, params.box.x2], [params.box.y1, params.box.y2], width, height)
+            check_box_inside("box", params.box, width, height)
         item = PointsItem(
             image=image,
             points=[[p.x, p.y] for p in params.points],
