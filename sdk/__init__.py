@@ -1,15 +1,27 @@
-"""samfleet SDK: a thin typed client for the samfleet SAM3 annotation service."""
+"""samfleet SDK: a thin typed client for the samfleet SAM3 annotation service.
 
-from sdk.client import Client, points_params, segment_params
+Needs no torch and no ray: httpx, pydantic, numpy, pillow, pycocotools and tqdm.
+"""
+
+from sdk.batch import BatchItem
+from sdk.calls import points_params, segment_params
+from sdk.client import AsyncClient, Client
 from sdk.errors import APIError, ConnectionError, SamfleetError, TimeoutError, ValidationError
 from sdk.masks import decode_mask, encode_mask
+from sdk.results import InstanceResult, Result
 from sdk.schema import Instance, SegmentResponse
+from sdk.transport import RetryPolicy
 
 __all__ = [
     "APIError",
+    "AsyncClient",
+    "BatchItem",
     "Client",
     "ConnectionError",
     "Instance",
+    "InstanceResult",
+    "Result",
+    "RetryPolicy",
     "SamfleetError",
     "SegmentResponse",
     "TimeoutError",

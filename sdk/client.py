@@ -1,146 +1,168 @@
-"""HTTP client for the samfleet API v1 (httpx + the shared pydantic schema)."""
+"""`Client` and `AsyncClient` for the samfleet API v1.
+
+Both build the same `Call`s (sdk.calls) and go through the same retry rules and response parsing
+(sdk.transport); they differ only in how they wait for the network.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any, Sequence
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 import httpx
-from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
 
-from sdk.errors import APIError, ConnectionError, TimeoutError, ValidationError
-from sdk.images import ImageInput, image_bytes
-from sdk.schema import (
-    API_VERSION,
-    Box,
-    Exemplar,
-    HealthResponse,
-    InfoResponse,
-    MaskFormat,
-    Point,
-    PointsParams,
-    SegmentParams,
-    SegmentResponse,
-)
-
-DEFAULT_URL = "http://127.0.0.1:8000"
+from sdk import calls
+from sdk.batch import BackgroundBatch, BatchItem, run_batch
+from sdk.images import ImageInput
+from sdk.results import Result
+from sdk.schema import HealthResponse, InfoResponse
+from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, finish, retry_delay
 
 
-def segment_params(
-    prompt: str | None = None,
-    exemplars: Sequence[Sequence[float]] = (),
-    negative: Sequence[Sequence[float]] = (),
-    threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    mask_format: MaskFormat = "rle",
-) -> SegmentParams:
-    """Parameters of /v1/segment; exemplars and negative are xyxy pixel boxes."""
-    boxes = [Exemplar(box=_box(b), label="positive") for b in exemplars]
-    boxes += [Exemplar(box=_box(b), label="negative") for b in negative]
-    return _validated(
-        SegmentParams,
-        prompt=prompt,
-        exemplars=boxes,
-        threshold=threshold,
-        mask_threshold=mask_threshold,
-        mask_format=mask_format,
-    )
-
-
-def points_params(
-    points: Sequence[Sequence[float]] = (),
-    labels: Sequence[int] | None = None,
-    box: Sequence[float] | None = None,
-    multimask: bool = False,
-    mask_threshold: float = 0.5,
-    mask_format: MaskFormat = "rle",
-) -> PointsParams:
-    """Parameters of /v1/segment/points; labels are 1 (positive, the default) or 0 (negative)."""
-    labels = [1] * len(points) if labels is None else list(labels)
-    if len(labels) != len(points):
-        raise ValidationError(f"{len(points)} points but {len(labels)} labels")
-    return _validated(
-        PointsParams,
-        points=[_validated(Point, x=p[0], y=p[1], label="positive" if l else "negative") for p, l in zip(points, labels)],
-        box=_box(box) if box is not None else None,
-        multimask=multimask,
-        mask_threshold=mask_threshold,
-        mask_format=mask_format,
+def _settings(url: str | None, api_key: str | None, timeout: float, retry: RetryPolicy | None) -> Settings:
+    # The environment fills what the caller leaves out, so scripts and the CLI need no edits per cluster.
+    return Settings(
+        url=url or os.environ.get("SAMFLEET_URL") or DEFAULT_URL,
+        api_key=api_key or os.environ.get("SAMFLEET_API_KEY") or None,
+        timeout_s=timeout,
+        retry=retry or RetryPolicy(),
     )
 
 
 class Client:
-    """Synchronous client. `Client(url, api_key=...)`; use as a context manager or call close()."""
+    """Synchronous client: `with Client("http://gpu-cluster:8000", api_key=...) as c: c.segment(...)`.
 
-    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 120.0):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+    `url` and `api_key` default to the SAMFLEET_URL and SAMFLEET_API_KEY environment variables.
+    """
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None):
+        self.settings = _settings(url, api_key, timeout, retry)
+        self._http = httpx.Client(**self.settings.http_options())
 
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def close(self) -> None:
         self._http.close()
 
     def health(self) -> HealthResponse:
-        return self._call("GET", "/healthz", HealthResponse)
+        return self._send(calls.health())
 
     def info(self) -> InfoResponse:
-        return self._call("GET", f"/{API_VERSION}/info", InfoResponse)
+        return self._send(calls.info())
 
-    def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> SegmentResponse:
-        """Every instance of `prompt` and/or the exemplar boxes (see `segment_params`)."""
-        return self._post_image(f"/{API_VERSION}/segment", image, segment_params(prompt, **params))
+    def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> Result:
+        """Every instance of `prompt` and/or the exemplar boxes (parameters: `calls.segment_params`)."""
+        return self._send(calls.segment(image, prompt, **params)).with_image(image)
 
-    def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> SegmentResponse:
-        """The object at the clicked points and/or box (see `points_params`)."""
-        return self._post_image(f"/{API_VERSION}/segment/points", image, points_params(points, **params))
+    def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Result:
+        """The object at the clicked points and/or box (parameters: `calls.points_params`)."""
+        return self._send(calls.segment_points(image, points, **params)).with_image(image)
 
-    def _post_image(self, path: str, image: ImageInput, params: BaseModel) -> SegmentResponse:
-        files = {"image": ("image", image_bytes(image), "application/octet-stream")}
-        data = {"params": params.model_dump_json(exclude_defaults=True)}
-        return self._call("POST", path, SegmentResponse, files=files, data=data)
+    def segment_many(self, images: Iterable[ImageInput], prompt: str | None = None, *, concurrency: int = 8,
+                     progress: bool = True, ordered: bool = True, **params: Any) -> BackgroundBatch:
+        """`segment` over many images, `concurrency` at a time; starts at once, iterate for BatchItems.
 
-    def _call(self, method: str, path: str, model: type[BaseModel], **kwargs) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TimeoutError(f"{method} {path} timed out: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise ConnectionError(f"cannot reach samfleet at {self._http.base_url}: {exc}") from exc
-        return parse_response(response, model)
+        Items come in input order, or as they finish with `ordered=False`.  A failed image has
+        `item.error` set and the batch goes on.
+        """
+        calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
+        return self._in_background("segment_many", images, prompt, concurrency=concurrency,
+                                   progress=progress, ordered=ordered, **params)
+
+    def segment_points_many(self, images: Iterable[ImageInput], points: Sequence[Sequence[float]] = (), *,
+                            concurrency: int = 8, progress: bool = True, ordered: bool = True,
+                            **params: Any) -> BackgroundBatch:
+        """`segment_points` with the same points/box on every image, like `segment_many`."""
+        calls.points_params(points, **params)
+        return self._in_background("segment_points_many", images, points, concurrency=concurrency,
+                                   progress=progress, ordered=ordered, **params)
+
+    def _in_background(self, method: str, *args: Any, **kwargs: Any) -> BackgroundBatch:
+        """Run AsyncClient.`method` (a batch) on the background loop with this client's settings."""
+        settings = self.settings
+
+        async def batch() -> AsyncIterator[BatchItem]:
+            async with AsyncClient(settings=settings) as client:
+                async for item in getattr(client, method)(*args, **kwargs):
+                    yield item
+
+        return BackgroundBatch(batch)
+
+    def _send(self, call: Call) -> Any:
+        for attempt in itertools.count():
+            try:
+                outcome: httpx.Response | Exception = self._http.request(call.method, call.path, **call.kwargs)
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = retry_delay(self.settings.retry, attempt, outcome)
+            if delay is None:
+                return finish(call, outcome, self.settings.url)
+            time.sleep(delay)
 
 
-def parse_response(response: httpx.Response, model: type[BaseModel]) -> Any:
-    if response.status_code >= 400:
-        raise api_error(response)
-    try:
-        return model.model_validate_json(response.content)
-    except PydanticValidationError as exc:
-        raise ValidationError(f"unexpected response from {response.request.url}: {exc}") from exc
+class AsyncClient:
+    """asyncio client with the same methods as `Client`, awaited: `async with AsyncClient() as c`."""
 
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None,
+                 settings: Settings | None = None):
+        self.settings = settings or _settings(url, api_key, timeout, retry)
+        self._http = httpx.AsyncClient(**self.settings.http_options())
 
-def api_error(response: httpx.Response) -> APIError:
-    try:
-        detail = json.loads(response.content)["error"]
-        return APIError(response.status_code, detail["message"], detail.get("code"), detail.get("field"))
-    except (ValueError, KeyError, TypeError):
-        return APIError(response.status_code, response.text[:500] or response.reason_phrase)
+    async def __aenter__(self) -> "AsyncClient":
+        return self
 
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
 
-def _box(b: Sequence[float]) -> Box:
-    if len(b) != 4:
-        raise ValidationError(f"a box is [x1, y1, x2, y2], got {list(b)}")
-    x1, y1, x2, y2 = b
-    return _validated(Box, x1=x1, y1=y1, x2=x2, y2=y2)
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
+    async def health(self) -> HealthResponse:
+        return await self._send(calls.health())
 
-def _validated(model: type[BaseModel], **fields: Any) -> Any:
-    try:
-        return model(**fields)
-    except PydanticValidationError as exc:
-        raise ValidationError(str(exc)) from exc
+    async def info(self) -> InfoResponse:
+        return await self._send(calls.info())
+
+    async def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> Result:
+        # Reading a file or PNG-encoding an array can take a while: keep it off the event loop.
+        call = await asyncio.to_thread(calls.segment, image, prompt, **params)
+        return (await self._send(call)).with_image(image)
+
+    async def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Result:
+        call = await asyncio.to_thread(calls.segment_points, image, points, **params)
+        return (await self._send(call)).with_image(image)
+
+    def segment_many(self, images: Iterable[ImageInput], prompt: str | None = None, *, concurrency: int = 8,
+                     progress: bool = True, ordered: bool = True, **params: Any) -> AsyncIterator[BatchItem]:
+        """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
+        calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
+        return run_batch(images, lambda image: self.segment(image, prompt, **params),
+                         concurrency=concurrency, progress=progress, ordered=ordered)
+
+    def segment_points_many(self, images: Iterable[ImageInput], points: Sequence[Sequence[float]] = (), *,
+                            concurrency: int = 8, progress: bool = True, ordered: bool = True,
+                            **params: Any) -> AsyncIterator[BatchItem]:
+        calls.points_params(points, **params)
+        return run_batch(images, lambda image: self.segment_points(image, points, **params),
+                         concurrency=concurrency, progress=progress, ordered=ordered)
+
+    async def _send(self, call: Call) -> Any:
+        for attempt in itertools.count():
+            try:
+                outcome: httpx.Response | Exception = await self._http.request(call.method, call.path, **call.kwargs)
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = retry_delay(self.settings.retry, attempt, outcome)
+            if delay is None:
+                return finish(call, outcome, self.settings.url)
+            await asyncio.sleep(delay)

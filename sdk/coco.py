@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from pycocotools import mask as coco_mask
 
 from sdk.masks import rle_of
@@ -9,15 +11,19 @@ from sdk.schema import SegmentResponse
 
 
 class CocoBuilder:
-    """Images, categories (one per label) and annotations, in the layout pycocotools' COCO() reads."""
+    """Images, categories (one per label) and annotations, in the layout pycocotools' COCO() reads.
 
-    def __init__(self) -> None:
+    `categories` fixes the first category ids (e.g. the prompts of a run, so ids do not depend on
+    which label happened to be seen first); labels not in it are appended as they appear.
+    """
+
+    def __init__(self, categories: Sequence[str] | None = None) -> None:
         self.images: list[dict] = []
-        self.categories: dict[str, int] = {}
+        self.categories: dict[str, int] = {name: i + 1 for i, name in enumerate(dict.fromkeys(categories or ()))}
         self.annotations: list[dict] = []
 
-    def add(self, file_name: str, result: SegmentResponse) -> int:
-        image_id = len(self.images) + 1
+    def add(self, file_name: str, result: SegmentResponse, image_id: int | None = None) -> int:
+        image_id = len(self.images) + 1 if image_id is None else image_id
         self.images.append({"id": image_id, "file_name": file_name, "width": result.width, "height": result.height})
         for inst in result.instances:
             category_id = self.categories.setdefault(inst.label, len(self.categories) + 1)

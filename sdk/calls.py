@@ -1,0 +1,112 @@
+"""Each API v1 operation as a `Call` (method, path, body, response model), built and validated
+client-side with the shared schema so that mistakes fail before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from sdk.errors import ValidationError
+from sdk.images import ImageInput, image_bytes
+from sdk.results import Result
+from sdk.schema import (
+    API_VERSION,
+    Box,
+    Exemplar,
+    HealthResponse,
+    InfoResponse,
+    MaskFormat,
+    Point,
+    PointsParams,
+    SegmentParams,
+)
+from sdk.transport import Call
+
+
+def health() -> Call:
+    return Call("GET", "/healthz", HealthResponse)
+
+
+def info() -> Call:
+    return Call("GET", f"/{API_VERSION}/info", InfoResponse)
+
+
+def segment(image: ImageInput, prompt: str | None = None, **params: Any) -> Call:
+    return _image_call(f"/{API_VERSION}/segment", image, segment_params(prompt, **params))
+
+
+def segment_points(image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Call:
+    return _image_call(f"/{API_VERSION}/segment/points", image, points_params(points, **params))
+
+
+def segment_params(
+    prompt: str | None = None,
+    exemplars: Sequence[Sequence[float]] = (),
+    negative: Sequence[Sequence[float]] = (),
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    mask_format: MaskFormat = "rle",
+) -> SegmentParams:
+    """Parameters of /v1/segment; `exemplars` and `negative` are xyxy pixel boxes around examples
+    of what to find and of what not to find."""
+    boxes = [Exemplar(box=_box(b), label="positive") for b in exemplars]
+    boxes += [Exemplar(box=_box(b), label="negative") for b in negative]
+    return _validated(
+        SegmentParams,
+        prompt=prompt,
+        exemplars=boxes,
+        threshold=threshold,
+        mask_threshold=mask_threshold,
+        mask_format=mask_format,
+    )
+
+
+def points_params(
+    points: Sequence[Sequence[float]] = (),
+    labels: Sequence[int] | None = None,
+    box: Sequence[float] | None = None,
+    multimask: bool = False,
+    mask_threshold: float = 0.5,
+    mask_format: MaskFormat = "rle",
+) -> PointsParams:
+    """Parameters of /v1/segment/points; labels are 1 (positive, the default) or 0 (negative)."""
+    labels = [1] * len(points) if labels is None else list(labels)
+    if len(labels) != len(points):
+        raise ValidationError(f"{len(points)} points but {len(labels)} labels")
+    return _validated(
+        PointsParams,
+        points=[_point(p, label) for p, label in zip(points, labels)],
+        box=_box(box) if box is not None else None,
+        multimask=multimask,
+        mask_threshold=mask_threshold,
+        mask_format=mask_format,
+    )
+
+
+def _image_call(path: str, image: ImageInput, params: BaseModel) -> Call:
+    files = {"image": ("image", image_bytes(image), "application/octet-stream")}
+    data = {"params": params.model_dump_json(exclude_defaults=True)}
+    return Call("POST", path, Result, {"files": files, "data": data})
+
+
+def _point(p: Sequence[float], label: int) -> Point:
+    if len(p) != 2:
+        raise ValidationError(f"a point is [x, y], got {list(p)}")
+    return _validated(Point, x=p[0], y=p[1], label="positive" if label else "negative")
+
+
+def _box(b: Sequence[float]) -> Box:
+    if len(b) != 4:
+        raise ValidationError(f"a box is [x1, y1, x2, y2], got {list(b)}")
+    x1, y1, x2, y2 = b
+    return _validated(Box, x1=x1, y1=y1, x2=x2, y2=y2)
+
+
+def _validated(model: type[BaseModel], **fields: Any) -> Any:
+    try:
+        return model(**fields)
+    except PydanticValidationError as exc:
+        raise ValidationError(str(exc)) from exc

@@ -1,0 +1,91 @@
+"""What the SDK hands back: the wire response plus numpy masks (decoded on first use), PNG
+label images, overlays and COCO dicts."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+from PIL import Image
+from pydantic import PrivateAttr
+
+from sdk import coco
+from sdk.images import ImageInput
+from sdk.masks import decode_mask
+from sdk.render import overlay
+from sdk.schema import Instance, SegmentResponse
+
+
+class InstanceResult(Instance):
+    """One instance; `array` is its HxW boolean mask, decoded from the wire format once."""
+
+    @functools.cached_property
+    def array(self) -> np.ndarray:
+        return decode_mask(self.mask)
+
+
+class Result(SegmentResponse):
+    """A segmentation result.  Instances are sorted by score, highest first."""
+
+    instances: list[InstanceResult]
+    _image: ImageInput | None = PrivateAttr(default=None)
+
+    def with_image(self, image: ImageInput) -> "Result":
+        """Remember the image this result is about, so `overlay()` needs no argument."""
+        self._image = image
+        return self
+
+    @property
+    def masks(self) -> np.ndarray:
+        """All masks stacked: a boolean (N, H, W) array."""
+        if not self.instances:
+            return np.zeros((0, self.height, self.width), dtype=bool)
+        return np.stack([inst.array for inst in self.instances])
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return np.array([inst.box for inst in self.instances], dtype=np.float64).reshape(-1, 4)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([inst.score for inst in self.instances], dtype=np.float64)
+
+    @property
+    def labels(self) -> list[str]:
+        return [inst.label for inst in self.instances]
+
+    def label_image(self, kind: Literal["instance", "category"] = "instance",
+                    categories: Sequence[str] | None = None) -> np.ndarray:
+        """HxW ids, 0 = background.  "instance": 1..N in `instances` order; "category": 1-based
+        index of the label in `categories` (default: labels in order of first appearance).
+        Where masks overlap the higher-scoring instance wins.  uint8, or uint16 past 255 ids."""
+        names = list(dict.fromkeys(categories if categories is not None else self.labels))
+        ids = [k + 1 for k in range(len(self.instances))] if kind == "instance" else [
+            names.index(label) + 1 for label in self.labels]
+        dtype = np.uint8 if max(ids, default=0) <= 255 else np.uint16
+        out = np.zeros((self.height, self.width), dtype=dtype)
+        for inst, value in reversed(list(zip(self.instances, ids))):  # lowest score first, so the best paints last
+            out[inst.array] = value
+        return out
+
+    def save_png(self, path: str | Path, kind: Literal["instance", "category"] = "instance",
+                 categories: Sequence[str] | None = None) -> Path:
+        """Write `label_image(kind, categories)` as a lossless PNG (8- or 16-bit grey)."""
+        path = Path(path)
+        Image.fromarray(self.label_image(kind, categories)).save(path, format="PNG")
+        return path
+
+    def overlay(self, image: ImageInput | None = None, alpha: float = 0.5, caption: str | None = None) -> Image.Image:
+        """The image with coloured masks, boxes, labels and scores drawn on it."""
+        image = image if image is not None else self._image
+        if image is None:
+            raise ValueError("this result does not know its image; pass it: result.overlay(image)")
+        return overlay(image, self, alpha=alpha, caption=caption)
+
+    def to_coco(self, image_id: int = 1, file_name: str = "", categories: Sequence[str] | None = None) -> dict:
+        """A complete single-image COCO instance-segmentation dict (RLE masks)."""
+        builder = coco.CocoBuilder(categories)
+        builder.add(file_name, self, image_id=image_id)
+        return builder.to_dict()

@@ -1,0 +1,93 @@
+"""A real HTTP server on loopback that fails on cue, then forwards to the real service.
+
+Used to prove the SDK's retries: each incoming request takes the next step of `script`
+("reset": close the connection without answering, an int: answer that status, "slow": answer
+after a long pause), and once the script is used up requests are forwarded to `upstream`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+SLOW_S = 3.0
+
+
+class FlakyProxy:
+    def __init__(self, upstream: str, script: list, retry_after: str | None = None):
+        self.upstream = upstream
+        self.script = list(script)
+        self.retry_after = retry_after
+        self.calls: list[tuple[float, str]] = []  # (monotonic time, what was done)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "FlakyProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_step(self):
+        with self._lock:
+            step = self.script.pop(0) if self.script else "forward"
+            self.calls.append((time.monotonic(), str(step)))
+            return step
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+            def do_GET(self) -> None:
+                self._handle()
+
+            def do_POST(self) -> None:
+                self._handle()
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                step = proxy._next_step()
+                if step == "reset":
+                    # SO_LINGER 0: close() sends a TCP RST, as a crashed or restarting server would.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if step == "slow":
+                    time.sleep(SLOW_S)
+                if isinstance(step, int):
+                    self._reply(step, b'{"error": {"code": "overloaded", "message": "scripted failure"}}',
+                                {"content-type": "application/json",
+                                 **({"retry-after": proxy.retry_after} if proxy.retry_after else {})})
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+                answer = httpx.request(self.command, proxy.upstream + self.path, content=body, headers=headers,
+                                       timeout=60)
+                self._reply(answer.status_code, answer.content, {"content-type": answer.headers["content-type"]})
+
+            def _reply(self, status: int, body: bytes, headers: dict) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler

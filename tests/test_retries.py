@@ -1,0 +1,93 @@
+"""Retries with backoff: a real loopback server fails on cue in front of the real service."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from compare import assert_results_match
+from flaky_proxy import FlakyProxy
+from sdk import APIError, AsyncClient, Client, RetryPolicy, TimeoutError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples/images/coffee.jpg"
+FAST = RetryPolicy(max_retries=4, base_delay_s=0.05, max_delay_s=2.0)
+
+
+def gaps(proxy: FlakyProxy) -> list[float]:
+    times = [t for t, _ in proxy.calls]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+@pytest.mark.parametrize("failure", [503, 429, 502, "reset"])
+def test_transient_failures_are_retried_until_success(service, client, failure):
+    with FlakyProxy(service, [failure, failure]) as proxy, Client(proxy.url, retry=FAST) as flaky:
+        result = flaky.segment(SAMPLE, prompt="cup", threshold=0.1)
+    assert [step for _, step in proxy.calls] == [str(failure), str(failure), "forward"]
+    assert_results_match(result, client.segment(SAMPLE, prompt="cup", threshold=0.1))
+
+
+def test_retry_after_is_honoured(service):
+    with FlakyProxy(service, [503, 503], retry_after="0.6") as proxy, Client(proxy.url, retry=FAST) as flaky:
+        assert flaky.health().status == "ok"
+    assert len(proxy.calls) == 3
+    assert all(0.55 <= gap < 1.5 for gap in gaps(proxy)), gaps(proxy)
+
+
+def test_backoff_grows_exponentially_within_its_cap(service):
+    policy = RetryPolicy(max_retries=5, base_delay_s=0.2, max_delay_s=0.5)
+    assert all(0 <= policy.delay(a) <= min(0.5, 0.2 * 2**a) for a in range(8) for _ in range(50))
+    assert policy.delay(0, retry_after=100) == 0.5  # a server cannot park the client forever
+    with FlakyProxy(service, ["reset"] * 3) as proxy, Client(proxy.url, retry=policy) as flaky:
+        flaky.health()
+    assert len(proxy.calls) == 4 and sum(gaps(proxy)) <= 0.2 + 0.4 + 0.5 + 0.5
+
+
+def test_client_errors_are_not_retried(service):
+    with FlakyProxy(service, [422, 404]) as proxy, Client(proxy.url, retry=FAST) as flaky:
+        with pytest.raises(APIError) as raised:
+            flaky.health()
+    assert raised.value.status == 422 and raised.value.message == "scripted failure"
+    assert len(proxy.calls) == 1
+
+
+def test_real_server_4xx_passes_through_once(service):
+    with FlakyProxy(service, []) as proxy, Client(proxy.url, retry=FAST) as flaky:
+        with pytest.raises(APIError) as raised:
+            flaky.segment(b"garbage", prompt="cup")
+    assert raised.value.code == "invalid_image" and len(proxy.calls) == 1
+
+
+def test_gives_up_after_max_retries_with_the_last_error(service):
+    with FlakyProxy(service, [503] * 10) as proxy, Client(proxy.url, retry=FAST) as flaky:
+        with pytest.raises(APIError) as raised:
+            flaky.health()
+    assert raised.value.status == 503 and len(proxy.calls) == FAST.max_retries + 1
+
+
+def test_read_timeout_is_not_retried(service):
+    with FlakyProxy(service, ["slow"]) as proxy, Client(proxy.url, timeout=0.5, retry=FAST) as flaky:
+        with pytest.raises(TimeoutError, match="timed out"):
+            flaky.health()
+    assert len(proxy.calls) == 1
+
+
+def test_async_client_retries_the_same_way(service):
+    async def run(url):
+        async with AsyncClient(url, retry=FAST) as aclient:
+            return await aclient.segment(SAMPLE, prompt="cup", threshold=0.1)
+
+    with FlakyProxy(service, ["reset", 503, 429]) as proxy:
+        result = asyncio.run(run(proxy.url))
+    assert len(proxy.calls) == 4 and result.instances
+
+
+def test_batch_survives_overload(service, images):
+    from PIL import Image
+
+    with FlakyProxy(service, [503] * 6) as proxy, Client(proxy.url, retry=FAST) as flaky:
+        items = list(flaky.segment_many([Image.fromarray(i) for i in images], prompt="cup", concurrency=4,
+                                        progress=False))
+    assert all(item.ok for item in items)
+    assert len(proxy.calls) == len(images) + 6
