@@ -1,4 +1,7 @@
-"""`samfleet` command line: serve, demo, make-tiny-model."""
+"""The service's `samfleet` commands (serve, demo, make-tiny-model), added to the CLI in sdk.cli.
+
+Only the standard library is imported here at module level, so a laptop with the SDK alone can
+build the parser; the commands import the service when they run."""
 
 from __future__ import annotations
 
@@ -12,13 +15,10 @@ from pathlib import Path
 from serving.tiny_model import TINY_MODEL_NOTICE, build_tiny_model, is_tiny_model
 
 DEFAULT_TINY_DIR = Path(".cache/tiny-sam3")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="samfleet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_service_commands(sub) -> None:
+    """Add serve, demo and make-tiny-model to the `samfleet` parser (sdk.cli)."""
     serve = sub.add_parser("serve", help="run the service until interrupted")
     _service_options(serve)
     serve.add_argument("--address", help="deploy onto this existing Ray cluster instead of an embedded local one")
@@ -35,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random SAM3 checkpoint (meaningless masks)")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(func=lambda a: print(f"wrote {build_tiny_model(a.dir, a.seed)}: {TINY_MODEL_NOTICE}") or 0)
+    tiny.set_defaults(func=cmd_make_tiny_model)
 
-    args = parser.parse_args(argv)
-    return args.func(args)
+
+def cmd_make_tiny_model(args) -> int:
+    print(f"wrote {build_tiny_model(args.dir, args.seed)}: {TINY_MODEL_NOTICE}")
+    return 0
 
 
 def _service_options(p: argparse.ArgumentParser) -> None:
@@ -81,8 +83,8 @@ def cmd_serve(args) -> int:
 
 def cmd_demo(args) -> int:
     from sdk import Client
+    from sdk.annotate import find_images
     from sdk.coco import CocoBuilder
-    from sdk.render import overlay
     from serving import runner
 
     model = args.model
@@ -90,7 +92,7 @@ def cmd_demo(args) -> int:
         model = str(DEFAULT_TINY_DIR)
         if not is_tiny_model(model):
             build_tiny_model(model)
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = [path for _, path in find_images(args.images)]
     if not images:
         print(f"no images in {args.images}", file=sys.stderr)
         return 1
@@ -102,11 +104,11 @@ def cmd_demo(args) -> int:
         with Client(url) as client:
             for path in images:
                 text = client.segment(path, prompt=args.prompt, threshold=args.threshold)
-                overlay(path, text, caption=caption).save(args.out / f"{path.stem}_text.png")
+                text.overlay(caption=caption).save(args.out / f"{path.stem}_text.png")
                 coco.add(path.name, text)
                 centre = [[text.width / 2, text.height / 2]]
                 clicked = client.segment_points(path, centre)
-                overlay(path, clicked, caption=caption).save(args.out / f"{path.stem}_point.png")
+                clicked.overlay(caption=caption).save(args.out / f"{path.stem}_point.png")
                 coco.add(path.name, clicked)
                 print(f"{path.name}: {len(text.instances)} instance(s) of {args.prompt!r}, "
                       f"point mask score {clicked.instances[0].score:.2f}", flush=True)
@@ -119,5 +121,3 @@ def cmd_demo(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_annotates_samples_and_stops_cleanly(tmp_path, tiny_model):
     before = ray_processes()
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "serving.cli", "demo", "--model", tiny_model, "--out", str(out),
+    cmd = [sys.executable, "-m", "sdk.cli", "demo", "--model", tiny_model, "--out", str(out),
            "--port", str(free_port()), "--threshold", "0.1"]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert run.returncode == 0, run.stdout + run.stderr
@@ -42,7 +42,7 @@ def test_demo_annotates_samples_and_stops_cleanly(tmp_path, tiny_model):
 
 
 def test_make_tiny_model_command(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "serving.cli", "make-tiny-model", str(tmp_path / "m")],
+    run = subprocess.run([sys.executable, "-m", "sdk.cli", "make-tiny-model", str(tmp_path / "m")],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "MEANINGLESS" in run.stdout

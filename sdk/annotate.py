@@ -1,0 +1,182 @@
+"""Annotate a folder of images through the service: resumable, atomic, optionally watching.
+
+Output folder layout (FILE is the image's path relative to the source folder):
+  results/FILE.json        the service's answer (instances, RLE masks, boxes, scores, labels)
+  masks/FILE.png           instance-id PNG (0 = background, k = results' k-th instance), --format png|both
+  annotations.coco.json    COCO instance segmentation of every finished image, --format coco|both
+  manifest.jsonl           what is finished, so a re-run resumes (see sdk.manifest)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from sdk.calls import points_params, segment_params
+from sdk.client import Client
+from sdk.coco import CocoBuilder
+from sdk.manifest import Fingerprint, Manifest, write_atomic
+from sdk.results import Result
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+COCO_NAME = "annotations.coco.json"
+Format = Literal["png", "coco", "both"]
+
+
+@dataclass(frozen=True)
+class AnnotationRequest:
+    """What to ask for every image: a concept (text and/or exemplar boxes) or clicks/box."""
+
+    endpoint: Literal["segment", "segment_points"]
+    params: dict[str, Any]
+
+    def validate(self) -> dict[str, Any]:
+        """The request as the service will see it (raises sdk.ValidationError when malformed)."""
+        build = segment_params if self.endpoint == "segment" else points_params
+        return build(**self.params).model_dump(mode="json")
+
+    def categories(self) -> list[str]:
+        """COCO categories in a fixed order: the prompt (the label the service gives its instances)."""
+        prompt = self.params.get("prompt")
+        if self.endpoint == "segment_points":
+            return ["object"]
+        return [prompt] if prompt else ["exemplar"]
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    file: str  # path relative to the source folder, "/"-separated: the key in the manifest
+    path: Path
+    fingerprint: Fingerprint
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def report(self) -> str:
+        lines = [f"done {self.done}, skipped {self.skipped} (finished earlier), failed {len(self.failed)}"]
+        lines += [f"  failed {file}: {reason}" for file, reason in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def find_images(src: Path, exclude: Path | None = None) -> Iterator[tuple[str, Path]]:
+    """Image files under `src` (recursively, sorted), as (relative name, path); hidden files and
+    folders (e.g. half-copied `.name.part` files) and the `exclude` folder are left out."""
+    if src.is_file():
+        yield src.name, src
+        return
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
+            continue
+        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.is_file():
+            yield rel.as_posix(), path
+
+
+class FolderAnnotator:
+    """Annotates the images of `src` into `out` through `client`, skipping those already finished."""
+
+    def __init__(self, client: Client, src: Path, out: Path, request: AnnotationRequest, fmt: Format = "both",
+                 concurrency: int = 8, progress: bool = True):
+        self.client, self.src, self.out, self.request = client, src, out, request
+        self.formats = {"png", "coco"} if fmt == "both" else {fmt}
+        self.concurrency, self.progress = concurrency, progress
+        self.info = client.info()
+        run = {"request": request.endpoint, "params": request.validate(), "model": self.info.model}
+        self.manifest = Manifest(out, run)
+        self.summary = Summary()
+
+    def close(self) -> None:
+        self.manifest.close()
+
+    def pending(self, retry_failed: bool = True) -> tuple[list[SourceImage], int]:
+        """Images not finished yet (new or changed since), and how many are finished."""
+        todo, finished = [], 0
+        for file, path in find_images(self.src, exclude=self.out):
+            try:
+                image = SourceImage(file, path, Fingerprint.of(path))
+            except FileNotFoundError:  # deleted between listing and stat
+                continue
+            if self.manifest.is_done(file, image.fingerprint):
+                finished += 1
+            elif retry_failed or not self.manifest.failed_before(file, image.fingerprint):
+                todo.append(image)
+        return todo, finished
+
+    def annotate(self, images: list[SourceImage]) -> None:
+        """Send `images` through the service, writing each result as soon as it arrives."""
+        if not images:
+            return
+        by_path = {image.path: image for image in images}
+        many = self.client.segment_many if self.request.endpoint == "segment" else self.client.segment_points_many
+        with many([image.path for image in images], concurrency=self.concurrency, progress=self.progress,
+                  ordered=False, **self.request.params) as batch:
+            for item in batch:
+                image = by_path[item.image]
+                if item.ok:
+                    self._write(image, item.result)
+                else:
+                    reason = str(item.error)
+                    self.manifest.record_failed(image.file, image.fingerprint, reason)
+                    self.summary.failed[image.file] = reason
+
+    def _write(self, image: SourceImage, result: Result) -> None:
+        if "png" in self.formats:
+            buffer = io.BytesIO()
+            Image.fromarray(result.label_image()).save(buffer, format="PNG")
+            write_atomic(self.out / "masks" / f"{image.file}.png", buffer.getvalue())
+        # The result file goes last: once it exists, everything for this image does.
+        write_atomic(self.result_path(image.file), result.model_dump_json().encode())
+        self.manifest.record_done(image.file, image.fingerprint, len(result.instances))
+        self.summary.done += 1
+        self.summary.failed.pop(image.file, None)
+
+    def result_path(self, file: str) -> Path:
+        return self.out / "results" / f"{file}.json"
+
+    def write_coco(self) -> Path | None:
+        """COCO file of every finished image, in file-name order, so that the same finished set
+        always gives the same file, however many runs it took."""
+        if "coco" not in self.formats:
+            return None
+        builder = CocoBuilder(self.request.categories())
+        for file in sorted(self.manifest.done):
+            builder.add(file, Result.model_validate_json(self.result_path(file).read_bytes()))
+        path = self.out / COCO_NAME
+        write_atomic(path, json.dumps(builder.to_dict()).encode())
+        return path
+
+    def run(self) -> Summary:
+        todo, self.summary.skipped = self.pending()
+        self.annotate(todo)
+        self.write_coco()
+        return self.summary
+
+    def watch(self, interval_s: float = 2.0, stop: Callable[[], bool] = lambda: False) -> None:
+        """Annotate images as they appear until `stop()` or an interrupt.
+
+        Polling rather than OS file events: it works the same on network shares and every OS,
+        and it sees a file only once its size and mtime held still for one interval, i.e. once
+        whoever is copying it in has finished.  Images that failed are retried only if changed.
+        """
+        previous: dict[str, Fingerprint] = {}
+        while not stop():
+            time.sleep(interval_s)
+            candidates, _ = self.pending(retry_failed=False)
+            stable = [image for image in candidates if previous.get(image.file) == image.fingerprint]
+            previous = {image.file: image.fingerprint for image in candidates}
+            if stable:
+                self.annotate(stable)
+                self.write_coco()

@@ -1,0 +1,134 @@
+"""`samfleet` command line.  `annotate` needs only the SDK (a laptop install); `serve`, `demo` and
+`make-tiny-model` come from `serving` and need the `[serve]` extra."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from sdk.annotate import AnnotationRequest, FolderAnnotator
+from sdk.client import Client
+from sdk.errors import ConnectionError, SamfleetError
+from sdk.manifest import ManifestMismatch
+
+SERVICE_EXTRA_HINT = "this command runs the service: pip install 'samfleet[serve]' (missing module: {})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serving.cli import add_service_commands  # stdlib-only at import: fine on a laptop
+
+    parser = argparse.ArgumentParser(prog="samfleet", description="SAM3 annotation service and client")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_annotate(sub)
+    add_service_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"torch", "ray", "transformers", "yaml", "safetensors", "fastapi"}:
+            print(SERVICE_EXTRA_HINT.format(exc.name), file=sys.stderr)
+            return 2
+        raise
+
+
+def _numbers(count: int, what: str):
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+        return values
+
+    return parse
+
+
+def _add_annotate(sub) -> None:
+    p = sub.add_parser("annotate", help="annotate a folder of images (resumable; --watch for new ones)",
+                       description="Annotate every image under SRC and write masks/COCO to --out. "
+                                   "A re-run with the same --out skips what is finished.")
+    p.add_argument("src", type=Path, help="image file or folder (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--prompt", help="what to find, e.g. 'red bus'")
+    box, point = _numbers(4, "a box (x1,y1,x2,y2)"), _numbers(2, "a point (x,y)")
+    p.add_argument("--exemplar", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
+                   help="box around an example of what to find (repeatable)")
+    p.add_argument("--negative", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
+                   help="box around an example of what NOT to find (repeatable)")
+    p.add_argument("--point", type=point, action="append", default=[], metavar="X,Y",
+                   help="click on the object (repeatable); segments one object per image")
+    p.add_argument("--negative-point", type=point, action="append", default=[], metavar="X,Y",
+                   help="click on background to exclude (repeatable)")
+    p.add_argument("--box", type=box, metavar="X1,Y1,X2,Y2", help="box around the one object to segment")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum instance score (default 0.5)")
+    p.add_argument("--format", choices=["png", "coco", "both"], default="both")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--watch", action="store_true", help="keep annotating new images until interrupted")
+    p.add_argument("--interval", type=float, default=2.0, help="--watch polling period in seconds")
+    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_annotate, parser=p)
+
+
+def _request(args) -> AnnotationRequest:
+    clicks = args.point or args.negative_point or args.box
+    concept = args.prompt or args.exemplar or args.negative
+    if bool(clicks) == bool(concept):
+        args.parser.error("give either --prompt/--exemplar/--negative (find every instance) "
+                          "or --point/--negative-point/--box (segment one object)")
+    if clicks:
+        return AnnotationRequest("segment_points", {
+            "points": args.point + args.negative_point,
+            "labels": [1] * len(args.point) + [0] * len(args.negative_point),
+            "box": args.box,
+        })
+    return AnnotationRequest("segment", {"prompt": args.prompt, "exemplars": args.exemplar,
+                                         "negative": args.negative, "threshold": args.threshold})
+
+
+def cmd_annotate(args) -> int:
+    request = _request(args)
+    if not args.src.exists():
+        args.parser.error(f"{args.src} does not exist")
+    # SIGTERM (e.g. from a process manager) ends the run like Ctrl-C: finished work is kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupted = False
+    with Client(args.url, api_key=args.api_key) as client:
+        try:
+            annotator = FolderAnnotator(client, args.src, args.out, request, args.format,
+                                        args.concurrency, progress=not args.no_progress)
+        except (SamfleetError, ManifestMismatch) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if annotator.info.tiny_random_model:
+            print(f"NOTE: {client.settings.url} serves a tiny random SAM3: its masks are MEANINGLESS",
+                  file=sys.stderr)
+        try:
+            annotator.run()
+            if args.watch:
+                print(f"watching {args.src} for new images (Ctrl-C to stop)", file=sys.stderr)
+                annotator.watch(args.interval)
+        except KeyboardInterrupt:
+            interrupted = True
+        except ConnectionError as exc:
+            print(f"error: {exc}\nfinished images are kept; run the same command again to resume",
+                  file=sys.stderr)
+            return 1
+        finally:
+            annotator.close()
+    if interrupted:
+        annotator.write_coco()  # whatever finished, so --watch's output is complete when stopped
+    print(annotator.summary.report())
+    print(f"results in {args.out}/")
+    if interrupted and not args.watch:
+        print("interrupted: run the same command again to finish the rest", file=sys.stderr)
+        return 130
+    return 1 if annotator.summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""`samfleet annotate` as a user runs it: a real process against the real service."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from compare import assert_results_match
+from sdk.manifest import MANIFEST_NAME, Fingerprint, Manifest, ManifestMismatch
+from sdk.results import Result
+
+REPO = Path(__file__).resolve().parents[1]
+N_IMAGES = 200
+PROMPT = ["--prompt", "thing", "--threshold", "0.0"]
+
+
+def annotate(service: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sdk.cli", "annotate", *map(str, args), "--url", service]
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def write_images(folder: Path, count: int, seed: int = 0, start: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(start, start + count):
+        path = folder / f"part{i % 3}" / f"img{i:03d}.{'png' if i % 2 else 'jpg'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((40 + i % 7 * 6, 56, 3)) * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def manifest_records(out: Path) -> list[dict]:
+    path = out / MANIFEST_NAME
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()[1:]
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def done_files(out: Path) -> list[str]:
+    return [r["file"] for r in manifest_records(out) if r["status"] == "done"]
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def load_results(out: Path) -> dict[str, Result]:
+    return {p.relative_to(out / "results").as_posix()[:-5]: Result.model_validate_json(p.read_bytes())
+            for p in sorted((out / "results").rglob("*.json"))}
+
+
+def assert_outputs_consistent(out: Path, files: list[str], categories: list[str]) -> None:
+    """Every image has its result and PNG, and the COCO file says exactly what the results say."""
+    results = load_results(out)
+    assert sorted(results) == sorted(files)
+    assert not list(out.rglob("*.partial")), "a half-written file was left behind"
+    coco = COCO(str(out / "annotations.coco.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == categories
+    images = coco.loadImgs(coco.getImgIds())
+    assert [img["file_name"] for img in images] == sorted(files)
+    for img in images:
+        result = results[img["file_name"]]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        assert len(anns) == len(result.instances)
+        ids = np.asarray(Image.open(out / "masks" / f"{img['file_name']}.png"))
+        np.testing.assert_array_equal(ids, result.label_image())
+        painted = np.zeros_like(ids)  # the COCO masks, painted best-last, give the PNG back
+        for k, ann in reversed(list(enumerate(anns, start=1))):
+            painted[coco.annToMask(ann).astype(bool)] = k
+        np.testing.assert_array_equal(painted, ids)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    files = [p.relative_to(src).as_posix() for p in write_images(src, N_IMAGES)]
+    (src / "part1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off here")
+    (src / "notes.txt").write_text("not an image: ignored")
+    (src / ".hidden.png").write_bytes(b"half-copied")
+    return src, files
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(service, folder, tmp_path_factory):
+    src, files = folder
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = run(annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16"))
+    return out, done
+
+
+def test_folder_run_reports_progress_and_the_broken_image(uninterrupted, folder):
+    out, done = uninterrupted
+    src, files = folder
+    assert done.returncode == 1, done.stderr  # 1: some images failed
+    assert f"{N_IMAGES + 1}/{N_IMAGES + 1}" in done.stderr  # the progress bar reached the end
+    assert "MEANINGLESS" in done.stderr
+    assert f"done {N_IMAGES}, skipped 0 (finished earlier), failed 1" in done.stdout
+    assert "failed part1/broken.jpg: HTTP 422 invalid_image" in done.stdout
+    assert_outputs_consistent(out, files, ["thing"])
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(service, folder, uninterrupted, tmp_path):
+    src, files = folder
+    out = tmp_path / "out"
+    cmd = annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress")
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finished_before = len(set(done_files(out)))
+    assert finished_before < N_IMAGES, "the kill came too late to test anything"
+
+    again = run(cmd)
+    assert f"done {N_IMAGES - finished_before}, skipped {finished_before}" in again.stdout, again.stdout
+    done = done_files(out)
+    assert sorted(done) == sorted(files), "each image is recorded done exactly once"
+    assert_outputs_consistent(out, files, ["thing"])
+    reference = load_results(uninterrupted[0])
+    for file, result in load_results(out).items():
+        assert_results_match(result, reference[file])
+
+
+def test_rerun_skips_everything_and_keeps_outputs(service, folder, uninterrupted):
+    out, _ = uninterrupted
+    src, _ = folder
+    before = (out / "annotations.coco.json").read_bytes()
+    again = run(annotate(service, src, "--out", out, *PROMPT, "--no-progress"))
+    assert f"done 0, skipped {N_IMAGES}" in again.stdout
+    assert "failed part1/broken.jpg" in again.stdout  # failures are retried on a re-run, and fail again
+    assert (out / "annotations.coco.json").read_bytes() == before
+
+
+def test_other_parameters_refuse_the_same_output_folder(service, folder, uninterrupted):
+    out, _ = uninterrupted
+    src, _ = folder
+    other = run(annotate(service, src, "--out", out, "--prompt", "other thing"))
+    assert other.returncode == 2
+    assert "holds results of another run" in other.stderr
+
+
+def test_points_mode_and_formats(service, tmp_path):
+    src = tmp_path / "src"
+    files = [p.relative_to(src).as_posix() for p in write_images(src, 3)]
+    png_only = run(annotate(service, src, "--out", tmp_path / "png", "--point", "20,20", "--negative-point", "5,5",
+                            "--box", "2,2,50,38", "--format", "png"))
+    assert png_only.returncode == 0, png_only.stderr
+    assert not (tmp_path / "png" / "annotations.coco.json").exists()
+    for file, result in load_results(tmp_path / "png").items():
+        assert [i.label for i in result.instances] == ["object"]
+        assert (tmp_path / "png" / "masks" / f"{file}.png").is_file()
+    coco_only = run(annotate(service, src, "--out", tmp_path / "coco", "--point", "20,20", "--format", "coco"))
+    assert coco_only.returncode == 0, coco_only.stderr
+    assert not (tmp_path / "coco" / "masks").exists()
+    assert len(COCO(str(tmp_path / "coco" / "annotations.coco.json")).getImgIds()) == len(files)
+
+
+def test_usage_errors(service, tmp_path):
+    both = run(annotate(service, tmp_path, "--out", tmp_path / "o", "--prompt", "x", "--point", "1,1"))
+    assert both.returncode == 2 and "either --prompt" in both.stderr
+    bad_box = run(annotate(service, tmp_path, "--out", tmp_path / "o", "--exemplar", "1,2,3"))
+    assert bad_box.returncode == 2 and "4 comma-separated numbers" in bad_box.stderr
+    missing = run(annotate(service, tmp_path / "nope", "--out", tmp_path / "o", "--prompt", "x"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    down = run([*annotate(service, tmp_path, "--out", tmp_path / "o", "--prompt", "x")[:-1], "http://127.0.0.1:9"])
+    assert down.returncode == 2 and "cannot reach samfleet" in down.stderr
+
+
+def test_watch_annotates_images_as_they_arrive(service, tmp_path):
+    src, out = tmp_path / "inbox", tmp_path / "out"
+    first = [p.relative_to(src).as_posix() for p in write_images(src, 2)]
+    watcher = subprocess.Popen(annotate(service, src, "--out", out, *PROMPT, "--watch", "--interval", "0.2"),
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(done_files(out)) == 2, 60, "the first images")
+        later = [p.relative_to(src).as_posix() for p in write_images(src, 3, seed=1, start=10)]
+        wait_until(lambda: len(done_files(out)) == 5, 60, "the images dropped in later")
+        watcher.send_signal(signal.SIGTERM)  # what a process manager sends
+        stdout, stderr = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, stderr
+    assert "done 5" in stdout
+    assert_outputs_consistent(out, first + later, ["thing"])
+
+
+def test_cli_works_without_torch_or_ray(service, tmp_path):
+    """A laptop install has no torch, ray or transformers: annotate must not need them, and the
+    service commands must say what to install."""
+    src = tmp_path / "src"
+    write_images(src, 2)
+    blocked = "torch torchvision ray transformers cv2 safetensors fastapi yaml".split()
+    prelude = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); from sdk.cli import main; "
+    laptop = run([sys.executable, "-c", prelude + "sys.exit(main(sys.argv[1:]))",
+                  *annotate(service, src, "--out", tmp_path / "out", "--prompt", "x")[3:]])
+    assert laptop.returncode == 0, laptop.stderr
+    assert len(done_files(tmp_path / "out")) == 2
+    serve = run([sys.executable, "-c", prelude + "sys.exit(main(['serve']))"])
+    assert serve.returncode == 2 and "pip install 'samfleet[serve]'" in serve.stderr
+
+
+def test_manifest_ignores_a_line_cut_short_by_a_kill(tmp_path):
+    run_spec = {"request": "segment", "params": {"prompt": "x"}, "model": "m"}
+    manifest = Manifest(tmp_path, run_spec)
+    manifest.record_done("a.jpg", Fingerprint(1, 2), instances=3)
+    manifest.close()
+    with (tmp_path / MANIFEST_NAME).open("a") as f:
+        f.write('{"file": "b.jpg", "status": "do')  # the process died mid-write
+    reopened = Manifest(tmp_path, run_spec)
+    assert reopened.is_done("a.jpg", Fingerprint(1, 2)) and not reopened.done.get("b.jpg")
+    assert not reopened.is_done("a.jpg", Fingerprint(1, 3)), "an edited file is done again"
+    reopened.record_done("b.jpg", Fingerprint(5, 6), instances=0)
+    reopened.close()
+    assert Manifest(tmp_path, run_spec).is_done("b.jpg", Fingerprint(5, 6))
+    with pytest.raises(ManifestMismatch):
+        Manifest(tmp_path, {**run_spec, "params": {"prompt": "y"}})
