@@ -12,43 +12,28 @@ model on CPU; pass --model facebook/sam3 (or a local copy) on a GPU machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from sdk import Client  # noqa: E402
-from serving import runner  # noqa: E402
-from serving.tiny_model import build_tiny_model  # noqa: E402
+from common import REPO, SAMPLES, free_port, model_or_tiny, running_service
+from sdk import Client
 
 PROMPT = "cat"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cold_start(model: str) -> float:
     port = free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--model", model, "--port", str(port)],
+        [sys.executable, "-m", "sdk.cli", "serve", "--model", model, "--port", str(port)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -110,21 +95,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    model = args.model or str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-sam3"))
-    paths = sorted((REPO / "examples/images").glob("*.jpg"))
+    model = model_or_tiny(args.model)
+    paths = SAMPLES
     raw = [p.read_bytes() for p in paths]
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
     start_s = cold_start(model)
     base = in_process(model, arrays, args.requests)
-    settings = runner.load_settings(model=model, port=free_port())
-    runner.start(settings)
-    try:
-        seq, seq_tput = served(settings.url, raw, args.requests, 1)
-        conc, conc_tput = served(settings.url, raw, args.requests, args.concurrency)
-    finally:
-        runner.stop()
+    with running_service(model) as url:
+        seq, seq_tput = served(url, raw, args.requests, 1)
+        conc, conc_tput = served(url, raw, args.requests, args.concurrency)
 
     base_tput = len(base) / sum(base)
     print(f"model: {model}   device: {'cuda' if torch.cuda.is_available() else 'cpu'}   "

@@ -1,0 +1,44 @@
+"""What every benchmark needs: the repo on sys.path, a free loopback port, the model to measure,
+and a samfleet service started in this process (embedded Ray) for the length of a `with`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+SAMPLES = sorted((REPO / "examples/images").glob("*.jpg"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_or_tiny(model: str | None) -> str:
+    """`model`, or a fresh tiny random SAM3 (meaningless masks, real compute path) when None."""
+    from serving.tiny_model import build_tiny_model
+
+    return model or str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-sam3"))
+
+
+@contextlib.contextmanager
+def running_service(model: str) -> Iterator[str]:
+    """URL of samfleet serving `model` with the packaged Serve config on a free port."""
+    from serving import runner
+
+    settings = runner.load_settings(model=model, port=free_port())
+    runner.start(settings)
+    try:
+        yield settings.url
+    finally:
+        runner.stop()
