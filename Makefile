@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # mirror only as the torch 2.14.1 / torchvision 0.29.1 pair; it runs on CPU and on CUDA GPUs.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
+MONGOD := .cache/mongodb/bin/mongod
 
 .PHONY: install demo serve test clean
 
@@ -23,8 +25,11 @@ demo: install
 serve: install
 	$(VENV)/bin/samfleet serve
 
-test: install
+test: install $(MONGOD)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(MONGOD): .ci/fetch-mongod
+	bash .ci/fetch-mongod $(abspath $(dir $@)/..)
 
 clean:
 	rm -rf $(VENV) .cache out .pytest_cache

@@ -1,9 +1,11 @@
 """`samfleet` command line.  `annotate` needs only the SDK (a laptop install); `serve`, `demo` and
-`make-tiny-model` come from `serving` and need the `[serve]` extra."""
+`make-tiny-model` come from `serving` and need the `[serve]` extra; `install-plugin` needs the
+`[fiftyone]` extra."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +15,10 @@ from sdk.client import Client
 from sdk.errors import ConnectionError, SamfleetError
 from sdk.manifest import ManifestMismatch
 
-SERVICE_EXTRA_HINT = "this command runs the service: pip install 'samfleet[serve]' (missing module: {})"
+EXTRA_OF_MODULE = {**dict.fromkeys(("torch", "ray", "transformers", "yaml", "safetensors", "fastapi"), "serve"),
+                   "fiftyone": "fiftyone"}
+EXTRA_HINT = "this command needs the [{extra}] extra: pip install 'samfleet[{extra}]' (missing module: {module})"
+PLUGIN_LINK_NAME = "samfleet"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,13 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samfleet", description="SAM3 annotation service and client")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_annotate(sub)
+    _add_install_plugin(sub)
     add_service_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in {"torch", "ray", "transformers", "yaml", "safetensors", "fastapi"}:
-            print(SERVICE_EXTRA_HINT.format(exc.name), file=sys.stderr)
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra:
+            print(EXTRA_HINT.format(extra=extra, module=exc.name), file=sys.stderr)
             return 2
         raise
 
@@ -44,6 +51,34 @@ def _numbers(count: int, what: str):
         return values
 
     return parse
+
+
+def _add_install_plugin(sub) -> None:
+    p = sub.add_parser("install-plugin", help="make the FiftyOne plugin (@samfleet/sam3) visible to FiftyOne",
+                       description="Link the installed fiftyone_plugin folder into FiftyOne's plugins directory.")
+    p.add_argument("--plugins-dir", type=Path, help="default: FiftyOne's plugins_dir (FIFTYONE_PLUGINS_DIR)")
+    p.set_defaults(func=cmd_install_plugin)
+
+
+def cmd_install_plugin(args) -> int:
+    # find_spec locates the package without running its __init__ (which imports fiftyone).
+    source = Path(importlib.util.find_spec("fiftyone_plugin").origin).parent
+    plugins_dir = args.plugins_dir
+    if plugins_dir is None:
+        import fiftyone as fo
+
+        plugins_dir = Path(fo.config.plugins_dir)
+    link = plugins_dir / PLUGIN_LINK_NAME
+    if link.is_symlink() and link.resolve() == source.resolve():
+        print(f"{link} already points to {source}")
+        return 0
+    if link.exists() or link.is_symlink():
+        print(f"error: {link} exists and is not a link to {source}; remove it first", file=sys.stderr)
+        return 2
+    plugins_dir.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(source, target_is_directory=True)
+    print(f"linked {link} -> {source}\nFiftyOne now has the plugin @samfleet/sam3 (see `fiftyone plugins list`)")
+    return 0
 
 
 def _add_annotate(sub) -> None:

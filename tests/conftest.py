@@ -7,8 +7,13 @@ import socket
 import subprocess
 import time
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import yaml
+
+import fiftyone_env
 
 # Nothing in the tests may reach a model hub; Ray must not phone home.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +34,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+FIFTYONE_STATE = Path(tempfile.mkdtemp(prefix="samfleet-fiftyone-"))
+FIFTYONE_DB_PORT = free_port()
+OWN_FIFTYONE_DB = fiftyone_env.configure(FIFTYONE_STATE, FIFTYONE_DB_PORT)
+
+
+@pytest.fixture(scope="session")
+def fiftyone_db():
+    """FiftyOne's database (a mongod of our own on loopback unless FIFTYONE_DATABASE_URI was given)."""
+    proc = fiftyone_env.start_mongod(FIFTYONE_STATE / "db", FIFTYONE_DB_PORT) if OWN_FIFTYONE_DB else None
+    try:
+        yield os.environ["FIFTYONE_DATABASE_URI"]
+    finally:
+        if proc is not None:
+            fiftyone_env.stop(proc)
 
 
 def ray_processes() -> set[int]:

@@ -1,0 +1,85 @@
+"""SDK results as FiftyOne labels: `fo.Detection`s with instance masks, and keypoints as clicks.
+
+Written by hand because FiftyOne's `Detection.from_mask` derives the box from the mask extent,
+while SAM3 predicts its own box: here the box is SAM3's, widened to whole pixels (and to the
+mask, should the mask spill over it) so that the cropped mask is exactly the served mask.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+from sdk.manifest import write_atomic
+from sdk.results import InstanceResult, Result
+
+POINTS_PROMPT = "points"
+
+
+def pixel_box(instance: InstanceResult, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) in whole pixels covering the predicted box and every mask pixel."""
+    x1, y1, x2, y2 = instance.box
+    box = [math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)]
+    ys, xs = np.nonzero(instance.array)
+    if len(xs):
+        box = [min(box[0], xs.min()), min(box[1], ys.min()), max(box[2], xs.max() + 1), max(box[3], ys.max() + 1)]
+    x0, y0 = min(max(int(box[0]), 0), width - 1), min(max(int(box[1]), 0), height - 1)
+    return x0, y0, max(min(int(box[2]), width), x0 + 1), max(min(int(box[3]), height), y0 + 1)
+
+
+def to_detection(instance: InstanceResult, width: int, height: int, prompt: str,
+                 mask_path: Path | None = None) -> fo.Detection:
+    """A Detection whose mask (inline, or a PNG at `mask_path`) is cropped to its bounding box."""
+    x0, y0, x1, y1 = pixel_box(instance, width, height)
+    crop = instance.array[y0:y1, x0:x1]
+    detection = fo.Detection(
+        label=instance.label,
+        bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+        confidence=instance.score,
+        prompt=prompt,
+    )
+    if mask_path is None:
+        detection.mask = crop
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(crop.astype(np.uint8) * 255).save(buffer, format="PNG")
+        write_atomic(mask_path, buffer.getvalue())
+        detection.mask_path = str(mask_path)
+    return detection
+
+
+def to_detections(results: dict[str, Result], mask_dir: Path | None = None) -> fo.Detections:
+    """One Detections from the results of several prompts on one image (`{prompt: result}`).
+
+    With `mask_dir`, masks go to `mask_dir/<prompt index>-<instance index>.png` instead of the
+    database, which keeps samples small on large datasets.
+    """
+    detections = []
+    for p, (prompt, result) in enumerate(results.items()):
+        for i, instance in enumerate(result.instances):
+            path = mask_dir / f"{p}-{i}.png" if mask_dir is not None else None
+            detections.append(to_detection(instance, result.width, result.height, prompt, path))
+    return fo.Detections(detections=detections)
+
+
+def full_mask(detection: fo.Detection, width: int, height: int) -> np.ndarray:
+    """The detection's mask pasted into an image-sized boolean array (FiftyOne's own renderer)."""
+    return detection.to_segmentation(frame_size=(width, height), target=1).mask.astype(bool)
+
+
+def keypoint_clicks(keypoint: fo.Keypoint, width: int, height: int) -> tuple[list[list[float]], list[int]]:
+    """A keypoint's points as pixel clicks with labels 1/0, from its optional `point_labels`
+    attribute ("positive"/"negative" per point; all positive when absent).  Points FiftyOne
+    marks as missing (NaN) are dropped."""
+    names = keypoint.get_attribute_value("point_labels", None) or ["positive"] * len(keypoint.points)
+    if len(names) != len(keypoint.points) or set(names) - {"positive", "negative"}:
+        raise ValueError(f"keypoint {keypoint.id}: point_labels must give 'positive' or 'negative' "
+                         f"for each of its {len(keypoint.points)} points, got {names}")
+    clicks = [([x * width, y * height], int(name == "positive")) for (x, y), name in zip(keypoint.points, names)
+              if not (math.isnan(x) or math.isnan(y))]
+    return [c for c, _ in clicks], [label for _, label in clicks]

@@ -1,0 +1,211 @@
+"""The plugin's operators: forms (resolve_input) and glue from the App or the delegated executor
+to `segment` and `curation`, which hold the work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_plugin import curation
+from fiftyone_plugin.segment import Service, SegmentRun, refine_with_keypoints, segment_collection
+
+DEFAULT_FIELD = "sam3"
+EXPORT_FORMATS = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
+IMMEDIATE_LIMIT = 200  # more samples than this run delegated, so the App is never blocked for long
+
+
+def service(ctx) -> Service:
+    """The form's URL, else the plugin secrets (SAMFLEET_URL / SAMFLEET_API_KEY, which FiftyOne
+    reads from the environment by default); what is still unset the SDK takes from its own env."""
+    return Service(url=ctx.params.get("url") or ctx.secret("SAMFLEET_URL"), api_key=ctx.secret("SAMFLEET_API_KEY"))
+
+
+def prompts_of(text: str | None) -> list[str]:
+    """Prompts are typed as "car, bus, person": a comma-separated string is what an annotator
+    enters fastest in the App, and a prompt is a noun phrase, which needs no comma."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def detections_fields(ctx) -> list[str]:
+    schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections) if ctx.dataset else {}
+    return sorted(schema)
+
+
+def label_field_input(inputs: types.Object, ctx, default: str | None = DEFAULT_FIELD) -> None:
+    fields = detections_fields(ctx)
+    if fields:
+        inputs.enum("label_field", fields, default=default if default in fields else fields[0],
+                    label="Label field", view=types.AutocompleteView())
+    else:
+        inputs.str("label_field", default=default, label="Label field")
+
+
+def reload_app(ctx) -> None:
+    if not ctx.delegated and ctx.executor is not None:
+        ctx.trigger("reload_dataset")
+
+
+class SegmentWithSam3(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="segment_with_sam3",
+            label="Segment with SAM3",
+            description="Find every instance of each text prompt and store instance masks",
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        # Large targets always go to the delegated executor; small ones follow the user's choice.
+        return True if len(ctx.target_view()) > IMMEDIATE_LIMIT else None
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("prompts", required=True, label="Prompts",
+                   description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'")
+        inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Score threshold")
+        inputs.str("label_field", default=DEFAULT_FIELD, label="Label field")
+        inputs.bool("overwrite", default=False, label="Overwrite existing labels",
+                    description="Off: samples that already have labels in this field are skipped (resumes a failed run)")
+        inputs.int("concurrency", default=8, min=1, label="Concurrent images")
+        inputs.str("mask_dir", required=False, label="Mask folder (optional)",
+                   description="Store masks as PNG files here (mask_path) instead of in the database")
+        inputs.str("url", required=False, label="Service URL",
+                   description="Default: the SAMFLEET_URL plugin secret")
+        ctx.target_view()  # opts the form into FiftyOne's dataset / view / selected samples choice
+        return types.Property(inputs, view=types.View(label="Segment with SAM3"))
+
+    def execute(self, ctx):
+        run = SegmentRun(
+            prompts=prompts_of(ctx.params.get("prompts")),
+            label_field=ctx.params.get("label_field") or DEFAULT_FIELD,
+            threshold=ctx.params.get("threshold", 0.5),
+            overwrite=ctx.params.get("overwrite", False),
+            concurrency=ctx.params.get("concurrency", 8),
+            mask_dir=Path(ctx.params["mask_dir"]) if ctx.params.get("mask_dir") else None,
+        )
+
+        def progress(done: int, failed: int, total: int) -> None:
+            ctx.set_progress(progress=(done + failed) / max(total, 1), label=f"{done} of {total} samples labelled, {failed} failed")
+
+        summary = segment_collection(ctx.target_view(), run, service(ctx), progress)
+        reload_app(ctx)
+        return {"done": summary.done, "skipped": summary.skipped, "failed": len(summary.failed),
+                "errors": dict(list(summary.failed.items())[:20])}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("done", label="Labelled")
+        outputs.int("skipped", label="Skipped (already labelled)")
+        outputs.int("failed", label="Failed")
+        outputs.obj("errors", label="Failures (sample id: reason)", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label="SAM3 results"))
+
+
+class RefineWithPoints(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="refine_with_points",
+            label="Refine with SAM3 points",
+            description="Segment one object per keypoint annotation, its points being the clicks",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Keypoints) if ctx.dataset else {}
+        inputs.enum("keypoints_field", sorted(schema), required=True, label="Keypoints field (the clicks)")
+        label_field_input(inputs, ctx)
+        ctx.target_view()
+        return types.Property(inputs, view=types.View(label="Refine with SAM3 points"))
+
+    def execute(self, ctx):
+        count = refine_with_keypoints(ctx.target_view(), ctx.params["keypoints_field"],
+                                      ctx.params.get("label_field") or DEFAULT_FIELD, service(ctx))
+        reload_app(ctx)
+        return {"objects": count}
+
+
+class TagSam3Labels(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="tag_sam3_labels",
+            label="Accept or reject selected labels",
+            description="Tag the labels selected in the App as accepted or rejected",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if not ctx.selected_labels:
+            inputs.view("none", types.Warning(label="Select labels in the App first"))
+        inputs.enum("decision", ["accept", "reject", "clear"], default="accept",
+                    view=types.RadioGroup(), label=f"{len(ctx.selected_labels)} selected label(s)")
+        return types.Property(inputs)
+
+    def execute(self, ctx):
+        count = curation.decide(ctx.dataset, ctx.selected_labels, ctx.params.get("decision", "accept"))
+        reload_app(ctx)
+        return {"tagged": count}
+
+
+class ReviewSam3Labels(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="review_sam3_labels",
+            label="Review SAM3 labels",
+            description="Save and open the 'needs review' view; counts per prompt",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        label_field_input(inputs, ctx)
+        inputs.float("min_score", default=0.5, min=0.0, max=1.0, label="Needs review below this score")
+        return types.Property(inputs, view=types.View(label="Review SAM3 labels"))
+
+    def execute(self, ctx):
+        field, min_score = ctx.params.get("label_field") or DEFAULT_FIELD, ctx.params.get("min_score", 0.5)
+        view = curation.save_needs_review(ctx.dataset, field, min_score)
+        if ctx.executor is not None:
+            ctx.ops.set_view(name=curation.NEEDS_REVIEW_VIEW)
+        return {"needs_review_samples": len(view), "saved_view": curation.NEEDS_REVIEW_VIEW,
+                "per_prompt": curation.counts_per_prompt(ctx.dataset, field, min_score)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("needs_review_samples", label="Samples needing review")
+        outputs.str("saved_view", label="Saved view")
+        outputs.obj("per_prompt", label="Instances per prompt", view=types.JSONView())
+        return types.Property(outputs)
+
+
+class ExportSam3Labels(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="export_sam3_labels",
+            label="Export SAM3 labels",
+            description="COCO instance segmentation and/or PNG masks, rejected labels left out",
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        label_field_input(inputs, ctx)
+        inputs.str("export_dir", required=True, label="Export folder")
+        inputs.enum("format", [*EXPORT_FORMATS], default="both", label="Format",
+                    view=types.RadioGroup())
+        ctx.target_view()
+        return types.Property(inputs, view=types.View(label="Export SAM3 labels"))
+
+    def execute(self, ctx):
+        return curation.export_labels(ctx.target_view(), ctx.params.get("label_field") or DEFAULT_FIELD,
+                                      ctx.params["export_dir"], EXPORT_FORMATS[ctx.params.get("format", "both")])
+
+
+OPERATORS = (SegmentWithSam3, RefineWithPoints, TagSam3Labels, ReviewSam3Labels, ExportSam3Labels)

@@ -1,0 +1,139 @@
+"""Run SAM3 over a FiftyOne collection through the samfleet service (the SDK, never the model).
+
+Results are written in chunks as they arrive, so a run that dies (service gone, executor
+killed) keeps everything finished so far; with `overwrite=False` a re-run only visits samples
+whose label field is still empty, which makes it the resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+
+from fiftyone_plugin.labels import POINTS_PROMPT, keypoint_clicks, to_detection, to_detections
+from sdk import AsyncClient, Client
+from sdk.batch import run_batch
+from sdk.calls import segment_params
+
+Progress = Callable[[int, int, int], None]  # (done, failed, total)
+
+
+@dataclass
+class Service:
+    """Where the service is; None leaves it to the SDK (SAMFLEET_URL / SAMFLEET_API_KEY)."""
+
+    url: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
+class SegmentRun:
+    """One "segment with SAM3" run: which prompts, where the labels go, how hard to push."""
+
+    prompts: list[str]
+    label_field: str
+    threshold: float = 0.5
+    overwrite: bool = False
+    concurrency: int = 8
+    chunk_size: int = 64
+    mask_dir: Path | None = None  # masks as PNG files (`mask_path`) instead of in the database
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("give at least one prompt")
+        for prompt in self.prompts:
+            segment_params(prompt, threshold=self.threshold)  # bad input fails before any request
+        if self.concurrency < 1 or self.chunk_size < 1:
+            raise ValueError("concurrency and chunk_size must be at least 1")
+
+
+@dataclass
+class RunSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # sample id -> why
+
+
+def pending_samples(view: foc.SampleCollection, label_field: str, overwrite: bool) -> foc.SampleCollection:
+    if overwrite or not view.has_field(label_field):
+        return view
+    return view.exists(label_field, False)
+
+
+def segment_collection(view: foc.SampleCollection, run: SegmentRun, service: Service = Service(),
+                       progress: Progress | None = None) -> RunSummary:
+    """Label every (pending) sample of `view` with the instances of each prompt.
+
+    Raises `sdk.ConnectionError` when the service stays unreachable; what was finished before is
+    already saved.  Per-sample failures (an unreadable image, a 4xx) are collected, not raised.
+    """
+    todo = pending_samples(view, run.label_field, run.overwrite)
+    ids, paths = todo.values(["id", "filepath"])
+    summary = RunSummary(skipped=len(view) - len(ids))
+    asyncio.run(_segment(view, list(zip(ids, paths)), run, service, summary, progress))
+    return summary
+
+
+async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], run: SegmentRun, service: Service,
+                   summary: RunSummary, progress: Progress | None) -> None:
+    finished: dict[str, fo.Detections] = {}
+
+    def save() -> None:
+        if finished:
+            view.set_values(run.label_field, finished, key_field="id")
+            summary.done += len(finished)
+            finished.clear()
+        if progress:
+            progress(summary.done, len(summary.failed), len(samples))
+
+    async with AsyncClient(service.url, api_key=service.api_key) as client:
+        async def label(sample: tuple[str, str]) -> fo.Detections:
+            sample_id, path = sample
+            results = await asyncio.gather(*(client.segment(path, p, threshold=run.threshold) for p in run.prompts))
+            mask_dir = run.mask_dir / sample_id / run.label_field if run.mask_dir else None
+            return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results)), mask_dir)
+
+        try:
+            async for item in run_batch(samples, label, concurrency=run.concurrency, progress=False, ordered=False):
+                if item.ok:
+                    finished[item.image[0]] = item.result
+                else:
+                    summary.failed[item.image[0]] = str(item.error)
+                if len(finished) >= run.chunk_size:
+                    save()
+        finally:
+            save()
+
+
+def refine_with_keypoints(samples: foc.SampleCollection, keypoints_field: str, label_field: str,
+                          service: Service = Service()) -> int:
+    """Re-segment one object per keypoint (its points are the clicks) and put the mask into
+    `label_field`, labelled like the keypoint.  Re-running replaces, not duplicates, the
+    detection made from the same keypoint.  Returns the number of objects segmented."""
+    samples.compute_metadata()  # only for samples that lack it
+    count = 0
+    with Client(service.url, api_key=service.api_key) as client:
+        for sample in samples.exists(keypoints_field):
+            width, height = sample.metadata.width, sample.metadata.height
+            existing = (sample.get_field(label_field) if sample.has_field(label_field) else None) or fo.Detections()
+            made = []
+            for keypoint in sample[keypoints_field].keypoints:
+                points, labels = keypoint_clicks(keypoint, width, height)
+                if not points:
+                    continue
+                result = client.segment_points(sample.filepath, points, labels=labels)
+                detection = to_detection(result.instances[0], width, height, POINTS_PROMPT)
+                detection.label = keypoint.label or detection.label
+                detection["keypoint_id"] = keypoint.id
+                made.append(detection)
+            replaced = {d["keypoint_id"] for d in made}
+            kept = [d for d in existing.detections if d.get_attribute_value("keypoint_id", None) not in replaced]
+            sample[label_field] = fo.Detections(detections=kept + made)
+            sample.save()
+            count += len(made)
+    return count

@@ -1,0 +1,246 @@
+"""The FiftyOne plugin against a real FiftyOne database and the real service (tiny model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.plugins as fop
+import numpy as np
+import pytest
+from PIL import Image
+
+from compare import MAX_MASK_MISMATCH, SCORE_ATOL
+from fiftyone_plugin import curation
+from fiftyone_plugin.labels import full_mask, pixel_box, to_detections
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = "@samfleet/sam3"
+PROMPTS = ["thing", "stuff"]
+PROMPT_TEXT = ", ".join(PROMPTS)  # as typed in the App
+THRESHOLD = 0.1
+
+
+def op(name: str) -> str:
+    return f"{PLUGIN}/{name}"
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray((rng.random((48 + i % 5 * 8, 64, 3)) * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def plugin(fiftyone_db):
+    """Installed the way the README says: `samfleet install-plugin` into FIFTYONE_PLUGINS_DIR."""
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "install-plugin"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return PLUGIN
+
+
+@pytest.fixture
+def dataset(plugin, tmp_path, request):
+    ds = fo.Dataset(request.node.name[:60], overwrite=True)
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in write_images(tmp_path / "images", 6)])
+    yield ds
+    ds.delete()
+
+
+def sdk_results(client, path: str) -> dict:
+    return {p: client.segment(path, p, threshold=THRESHOLD) for p in PROMPTS}
+
+
+def box_pixels(det: fo.Detection, width: int, height: int) -> np.ndarray:
+    x, y, w, h = det.bounding_box
+    return np.array([x * width, y * height, (x + w) * width, (y + h) * height])
+
+
+def assert_labels_match_sdk(sample: fo.Sample, field: str, expected: dict) -> None:
+    """The stored detections are the SDK's instances (within the last-bit noise of batched CPU
+    inference, see tests/compare.py; a box may move by one pixel when rounded out)."""
+    detections = sample[field].detections
+    assert len(detections) == sum(len(r.instances) for r in expected.values())
+    for prompt, result in expected.items():
+        w, h = result.width, result.height
+        mine = [d for d in detections if d.prompt == prompt]
+        assert len(mine) == len(result.instances)
+        for det in mine:
+            # Pair by score and box together: the tiny model's near-duplicates tie on either alone.
+            twin = min(result.instances, key=lambda inst: abs(inst.score - det.confidence)
+                       + np.abs(np.array(pixel_box(inst, w, h)) - box_pixels(det, w, h)).sum())
+            assert det.label == prompt
+            assert det.confidence == pytest.approx(twin.score, abs=SCORE_ATOL)
+            assert np.abs(box_pixels(det, w, h) - pixel_box(twin, w, h)).max() <= 1 + 1e-6
+            assert (full_mask(det, w, h) != twin.array).mean() <= MAX_MASK_MISMATCH
+
+
+def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
+    """to_detections alone (no serving noise): masks round-trip exactly through FiftyOne's
+    renderer, and the box is the SDK's box rounded out to whole pixels, covering the mask."""
+    image = write_images(Path(tempfile.mkdtemp()), 1, seed=3)[0]
+    results = sdk_results(client, str(image))
+    detections = to_detections(results).detections
+    instances = [inst for r in results.values() for inst in r.instances]
+    assert instances, "the tiny model found nothing: test is vacuous"
+    result = next(iter(results.values()))
+    w, h = result.width, result.height
+    for det, inst in zip(detections, instances):
+        assert np.array_equal(full_mask(det, w, h), inst.array)
+        assert np.allclose(box_pixels(det, w, h), pixel_box(inst, w, h), atol=1e-6)
+        x1, y1, x2, y2 = inst.box
+        bx1, by1, bx2, by2 = box_pixels(det, w, h)
+        assert bx1 <= x1 + 1e-6 and by1 <= y1 + 1e-6 and bx2 >= x2 - 1e-6 and by2 >= y2 - 1e-6
+
+
+def test_plugin_is_found_with_its_operators(plugin):
+    (definition,) = [p for p in fop.list_plugins() if p.name == PLUGIN]
+    assert set(definition.operators) == {"segment_with_sam3", "refine_with_points", "tag_sam3_labels",
+                                         "review_sam3_labels", "export_sam3_labels"}
+    assert foo.get_operator(op("segment_with_sam3")).config.allow_delegated_execution
+
+
+def test_segment_operator_stores_the_sdk_results(dataset, client, service):
+    result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    assert result.result == {"done": 6, "skipped": 0, "failed": 0, "errors": {}}
+    assert sum(len(s["sam3"].detections) for s in dataset) > 0, "the tiny model found nothing: test is vacuous"
+    for sample in dataset:
+        assert_labels_match_sdk(sample, "sam3", sdk_results(client, sample.filepath))
+
+
+def test_selected_samples_then_skip_existing_then_overwrite(dataset, service):
+    params = {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service, "label_field": "picked"}
+    chosen = dataset.take(2, seed=1).values("id")
+    first = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, selected=chosen,
+                                 params={**params, "view_target": "SELECTED_SAMPLES"})
+    assert first.result["done"] == 2
+    assert set(dataset.exists("picked").values("id")) == set(chosen)
+    rest = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params)
+    assert (rest.result["done"], rest.result["skipped"]) == (4, 2)
+    again = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params={**params, "overwrite": True})
+    assert (again.result["done"], again.result["skipped"]) == (6, 0)
+
+
+def test_masks_on_disk_with_mask_path(dataset, client, service, tmp_path):
+    foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                         params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service,
+                                 "mask_dir": str(tmp_path / "masks")})
+    sample = dataset.first()
+    for det in sample["sam3"].detections:
+        assert det.mask is None and Path(det.mask_path).is_file()
+    assert_labels_match_sdk(sample, "sam3", sdk_results(client, sample.filepath))
+
+
+def test_a_corrupt_image_is_reported_and_the_rest_labelled(dataset, service, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    (bad_id,) = dataset.add_samples([fo.Sample(filepath=str(broken))])
+    result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    assert (result.result["done"], result.result["failed"]) == (6, 1)
+    assert "image" in result.result["errors"][bad_id]
+    assert dataset[bad_id]["sam3"] is None
+
+
+def test_bad_parameters_fail_before_any_request(dataset, service):
+    with pytest.raises(Exception, match="at least one prompt"):
+        foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params={"prompts": " , ", "url": service})
+    with pytest.raises(Exception, match="threshold"):
+        foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                             params={"prompts": "cat", "threshold": 2.0, "url": service})
+    assert not dataset.has_field("sam3")
+
+
+def test_refine_with_points_uses_keypoints_as_clicks(dataset, client, service):
+    sample = dataset.first()
+    sample.compute_metadata()
+    w, h = sample.metadata.width, sample.metadata.height
+    sample["clicks"] = fo.Keypoints(keypoints=[
+        fo.Keypoint(label="cup", points=[(0.25, 0.25), (0.3, 0.35)]),
+        fo.Keypoint(label="lid", points=[(0.7, 0.6), (0.5, 0.5)], point_labels=["positive", "negative"]),
+    ])
+    sample.save()
+    params = {"keypoints_field": "clicks", "label_field": "refined", "url": service}
+    for _ in range(2):  # a re-run replaces its detections instead of adding more
+        result = foo.execute_operator(op("refine_with_points"), dataset=dataset, params=params)
+        assert result.result == {"objects": 2}
+    sample.reload()
+    cup, lid = sample["refined"].detections
+    expected_cup = client.segment_points(sample.filepath, [[0.25 * w, 0.25 * h], [0.3 * w, 0.35 * h]])
+    expected_lid = client.segment_points(sample.filepath, [[0.7 * w, 0.6 * h], [0.5 * w, 0.5 * h]], labels=[1, 0])
+    for det, expected, label in ((cup, expected_cup, "cup"), (lid, expected_lid, "lid")):
+        assert det.label == label and det.prompt == "points"
+        assert np.array_equal(full_mask(det, w, h), expected.instances[0].array)
+
+
+def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, tmp_path):
+    foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                         params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    labels = [{"sample_id": s.id, "field": "sam3", "label_id": d.id}
+              for s in dataset for d in s["sam3"].detections]
+    assert len(labels) >= 3, "the tiny model found too few instances for this test"
+    rejected, accepted = labels[:1], labels[1:3]
+    foo.execute_operator(op("tag_sam3_labels"), dataset=dataset, selected_labels=rejected, params={"decision": "reject"})
+    foo.execute_operator(op("tag_sam3_labels"), dataset=dataset, selected_labels=accepted, params={"decision": "accept"})
+    assert dataset.count_label_tags() == {curation.REJECTED: 1, curation.ACCEPTED: 2}
+
+    review = foo.execute_operator(op("review_sam3_labels"), dataset=dataset,
+                                  params={"label_field": "sam3", "min_score": 1.0}).result
+    # Everything is below score 1.0: all but the 2 accepted labels need review (the rejected one included).
+    saved = dataset.load_saved_view(curation.NEEDS_REVIEW_VIEW)
+    assert saved.count("sam3.detections") == len(labels) - 2
+    assert review["needs_review_samples"] == len(saved)
+    per_prompt = review["per_prompt"]
+    assert sum(c["instances"] for c in per_prompt.values()) == len(labels)
+    assert sum(c[curation.REJECTED] for c in per_prompt.values()) == 1
+    assert sum(c[curation.ACCEPTED] for c in per_prompt.values()) == 2
+
+    out = tmp_path / "export"
+    written = foo.execute_operator(op("export_sam3_labels"), dataset=dataset,
+                                   params={"label_field": "sam3", "export_dir": str(out), "format": "both"}).result
+    assert set(written) == {"coco", "png"}
+    kept = {d.id: d for s in dataset for d in s["sam3"].detections if curation.REJECTED not in d.tags}
+    dataset.compute_metadata()
+    metadata = {s.filepath: s.metadata for s in dataset}
+
+    coco = fo.Dataset.from_dir(dataset_dir=written["coco"], dataset_type=fo.types.COCODetectionDataset,
+                               data_path=str(tmp_path / "images"), label_types="segmentations", label_field="gt")
+    originals = {s.filepath: s["sam3"] for s in dataset.filter_labels("sam3", ~fo.ViewField("tags").contains("rejected"),
+                                                                   only_matches=False)}
+    assert coco.count("gt.detections") == len(kept)
+    ious = []
+    for sample in coco:
+        m = metadata[sample.filepath]
+        expected = originals[sample.filepath].detections if originals[sample.filepath] else []
+        got = sample["gt"].detections if sample["gt"] else []
+        assert [d.label for d in got] == [d.label for d in expected]
+        for g, e in zip(got, expected):
+            # FiftyOne writes non-crowd COCO masks as polygons (traced at pixel precision here):
+            # outlines shift by a pixel, holes fill, slivers vanish.  The tiny model's ragged
+            # masks on 64x48 images are the worst case for that; the PNG export below is exact.
+            a, b = full_mask(g, m.width, m.height), full_mask(e, m.width, m.height)
+            ious.append((a & b).sum() / max((a | b).sum(), 1))
+    assert min(ious) > 0.5 and np.mean(ious) > 0.8
+    coco.delete()
+
+    png = fo.Dataset.from_dir(dataset_dir=written["png"], dataset_type=fo.types.ImageSegmentationDirectory,
+                              data_path=str(tmp_path / "images"), label_field="gt")
+    targets = {label: value for value, label in curation.prompt_targets(dataset, "sam3").items()}
+    for sample in png:
+        m = metadata[sample.filepath]
+        expected = np.zeros((m.height, m.width), np.uint8)
+        for det in (originals[sample.filepath].detections if originals[sample.filepath] else []):
+            expected[full_mask(det, m.width, m.height)] = targets[det.label]
+        assert np.array_equal(sample["gt"].get_mask(), expected)  # PNG export is lossless
+    png.delete()
