@@ -72,6 +72,8 @@ class SegmentWithSam3(foo.Operator):
         inputs.bool("overwrite", default=False, label="Overwrite existing labels",
                     description="Off: samples that already have labels in this field are skipped (resumes a failed run)")
         inputs.int("concurrency", default=8, min=1, label="Concurrent images")
+        inputs.int("chunk_size", default=64, min=1, label="Save every N samples",
+                   description="A failed run keeps every chunk saved before it")
         inputs.str("mask_dir", required=False, label="Mask folder (optional)",
                    description="Store masks as PNG files here (mask_path) instead of in the database")
         inputs.str("url", required=False, label="Service URL",
@@ -86,6 +88,7 @@ class SegmentWithSam3(foo.Operator):
             threshold=ctx.params.get("threshold", 0.5),
             overwrite=ctx.params.get("overwrite", False),
             concurrency=ctx.params.get("concurrency", 8),
+            chunk_size=ctx.params.get("chunk_size", 64),
             mask_dir=Path(ctx.params["mask_dir"]) if ctx.params.get("mask_dir") else None,
         )
 
