@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve test clean
+.PHONY: install demo serve test clean chromium
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,12 @@ demo: install
 serve: install
 	$(VENV)/bin/samfleet serve
 
-test: install $(MONGOD)
+test: install $(MONGOD) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The App tests drive Debian's Chromium (Playwright never downloads a browser here).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 $(MONGOD): .ci/fetch-mongod
 	bash .ci/fetch-mongod $(abspath $(dir $@)/..)

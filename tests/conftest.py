@@ -52,6 +52,17 @@ def fiftyone_db():
             fiftyone_env.stop(proc)
 
 
+@pytest.fixture(scope="session")
+def plugin(fiftyone_db):
+    """The FiftyOne plugin, installed the way the README says: `samfleet install-plugin`."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "install-plugin"], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return "@samfleet/sam3"
+
+
 def ray_processes() -> set[int]:
     """PIDs of Ray's node daemons on this machine."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout

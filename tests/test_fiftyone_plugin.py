@@ -48,15 +48,6 @@ def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def plugin(fiftyone_db):
-    """Installed the way the README says: `samfleet install-plugin` into FIFTYONE_PLUGINS_DIR."""
-    done = subprocess.run([sys.executable, "-m", "sdk.cli", "install-plugin"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return PLUGIN
-
-
 @pytest.fixture
 def dataset(plugin, tmp_path, request):
     ds = fo.Dataset(request.node.name[:60], overwrite=True)
