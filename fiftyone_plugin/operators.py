@@ -14,7 +14,6 @@ from fiftyone_plugin.segment import Service, SegmentRun, refine_with_keypoints, 
 
 DEFAULT_FIELD = "sam3"
 EXPORT_FORMATS = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
-IMMEDIATE_LIMIT = 200  # more samples than this run delegated, so the App is never blocked for long
 
 
 def service(ctx) -> Service:
@@ -58,10 +57,6 @@ class SegmentWithSam3(foo.Operator):
             allow_immediate_execution=True,
             allow_delegated_execution=True,
         )
-
-    def resolve_delegation(self, ctx):
-        # Large targets always go to the delegated executor; small ones follow the user's choice.
-        return True if len(ctx.target_view()) > IMMEDIATE_LIMIT else None
 
     def resolve_input(self, ctx):
         inputs = types.Object()
