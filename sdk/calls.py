@@ -22,6 +22,7 @@ from sdk.schema import (
     Point,
     PointsParams,
     SegmentParams,
+    StatusResponse,
 )
 from sdk.transport import Call
 
@@ -32,6 +33,10 @@ def health() -> Call:
 
 def info() -> Call:
     return Call("GET", f"/{API_VERSION}/info", InfoResponse)
+
+
+def status() -> Call:
+    return Call("GET", f"/{API_VERSION}/status", StatusResponse)
 
 
 def segment(image: ImageInput, prompt: str | None = None, **params: Any) -> Call:

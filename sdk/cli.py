@@ -8,6 +8,7 @@ import argparse
 import importlib.util
 import signal
 import sys
+import time
 from pathlib import Path
 
 from sdk.annotate import AnnotationRequest, FolderAnnotator
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samfleet", description="SAM3 annotation service and client")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_annotate(sub)
+    _add_status(sub)
     _add_install_plugin(sub)
     add_service_commands(sub)
     args = parser.parse_args(argv)
@@ -79,6 +81,61 @@ def cmd_install_plugin(args) -> int:
     link.symlink_to(source, target_is_directory=True)
     print(f"linked {link} -> {source}\nFiftyOne now has the plugin @samfleet/sam3 (see `fiftyone plugins list`)")
     return 0
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="replicas, requests in the system and throughput of a running service")
+    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
+    p.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
+    p.set_defaults(func=cmd_status)
+
+
+# The service needs two metric samples for a rate; it takes them `status.sample_interval_s` apart.
+FIRST_RATE_WAIT_S = 6.0
+
+
+def cmd_status(args) -> int:
+    with Client(args.url, api_key=args.api_key) as client:
+        try:
+            status = client.status()
+            if status.throughput is None and not args.json:
+                time.sleep(FIRST_RATE_WAIT_S)
+                status = client.status()
+            while True:
+                print(status.model_dump_json(indent=2) if args.json else _status_table(client.settings.url, status),
+                      flush=True)
+                if not args.watch:
+                    return 0
+                time.sleep(args.watch)
+                status = client.status()
+        except SamfleetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+
+
+def _status_table(url: str, status) -> str:
+    def number(value):
+        return "-" if value is None else f"{value:g}"
+
+    rows = [("deployment", "status", "running", "other replicas", "in system", "waiting")]
+    for d in status.deployments:
+        others = ", ".join(f"{n} {state.lower()}" for state, n in sorted(d.replicas.items()) if state != "RUNNING" and n)
+        rows.append((d.name, d.status, str(d.replicas.get("RUNNING", 0)), others or "-", number(d.in_system),
+                     number(d.waiting)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"samfleet at {url} (application {status.application!r})"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    rate = status.throughput
+    if rate is None:
+        lines.append("throughput: not measured yet (ask again in a few seconds)")
+    else:
+        batch = f", {rate.mean_batch_size:.1f} requests per forward pass" if rate.mean_batch_size else ""
+        lines.append(f"throughput: {rate.images_per_s:.2f} images/s over the last {rate.window_s:.0f} s{batch}")
+    return "\n".join(lines)
 
 
 def _add_annotate(sub) -> None:

@@ -19,7 +19,7 @@ from sdk import calls
 from sdk.batch import BackgroundBatch, BatchItem, run_batch
 from sdk.images import ImageInput
 from sdk.results import Result
-from sdk.schema import HealthResponse, InfoResponse
+from sdk.schema import HealthResponse, InfoResponse, StatusResponse
 from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, finish, retry_delay
 
 
@@ -58,6 +58,9 @@ class Client:
 
     def info(self) -> InfoResponse:
         return self._send(calls.info())
+
+    def status(self) -> StatusResponse:
+        return self._send(calls.status())
 
     def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> Result:
         """Every instance of `prompt` and/or the exemplar boxes (parameters: `calls.segment_params`)."""
@@ -132,6 +135,9 @@ class AsyncClient:
 
     async def info(self) -> InfoResponse:
         return await self._send(calls.info())
+
+    async def status(self) -> StatusResponse:
+        return await self._send(calls.status())
 
     async def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> Result:
         # Reading a file or PNG-encoding an array can take a while: keep it off the event loop.

@@ -169,6 +169,31 @@ class InfoResponse(BaseModel):
     batching: BatchingInfo
 
 
+class DeploymentStatus(BaseModel):
+    name: str
+    status: str = Field(description="Serve's deployment status, e.g. HEALTHY, UPSCALING, UNHEALTHY")
+    replicas: dict[str, int] = Field(description="replica count by state (RUNNING, STARTING, STOPPING, ...)")
+    in_system: float | None = Field(
+        default=None, description="requests queued or running at this deployment, as the autoscaler sees them"
+    )
+    waiting: float | None = Field(default=None, description="requests not yet assigned to a replica")
+
+
+class Throughput(BaseModel):
+    window_s: float = Field(description="the rates are averaged over this many seconds")
+    images_per_s: float = Field(description="images answered (2xx) per second, all ingress replicas together")
+    mean_batch_size: float | None = Field(description="requests per model forward pass; None when none ran")
+
+
+class StatusResponse(BaseModel):
+    application: str
+    deployments: list[DeploymentStatus]
+    throughput: Throughput | None = Field(
+        description="None until the service has sampled its metrics twice (a few seconds after the first status call)"
+    )
+    sampled_at: float = Field(description="Unix time of the newest metrics sample; Ray exports metrics every few seconds")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 

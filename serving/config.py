@@ -19,6 +19,15 @@ class BatchingConfig(BaseModel):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
 
 
+class StatusConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Once `/v1/status` has been asked, each ingress replica scrapes every node's metrics
+    # endpoint this often; rates cover the last `window_s`.
+    sample_interval_s: float = Field(default=5.0, gt=0)
+    window_s: float = Field(default=60.0, gt=0)
+
+
 class ServiceConfig(BaseModel):
     """The `args:` block of the Serve config (`serve_config.yaml`)."""
 
@@ -31,3 +40,4 @@ class ServiceConfig(BaseModel):
     )
     limits: Limits = Field(default_factory=Limits)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)

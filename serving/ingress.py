@@ -17,13 +17,17 @@ from sdk.schema import (
     BatchingInfo,
     ErrorResponse,
     HealthResponse,
+    DeploymentStatus,
     InfoResponse,
     PointsParams,
     PointsRequest,
     SegmentParams,
     SegmentRequest,
     SegmentResponse,
+    StatusResponse,
+    Throughput,
 )
+from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
 from serving.errors import install_error_handlers
 from serving.http import (
@@ -35,6 +39,7 @@ from serving.http import (
     read_image_request,
 )
 from serving.images import decode_image
+from serving.metrics import RequestMetrics, RequestMetricsMiddleware
 from serving.model_loader import load_processors
 from serving.postprocess import detections_response, point_masks_response
 from serving.predictor import PointsItem, SegmentItem
@@ -48,6 +53,7 @@ api = FastAPI(
     description="SAM3 annotation service: every instance matching a text prompt, box exemplars or points.",
 )
 api.add_middleware(PayloadLimitMiddleware)
+api.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also counts refused bodies
 install_error_handlers(api)
 document_image_body(
     api,
@@ -58,14 +64,22 @@ document_image_body(
 )
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
 EXEMPLAR_LABEL = "exemplar"
+SEGMENT_PATH = f"/{API_VERSION}/segment"
+POINTS_PATH = f"/{API_VERSION}/segment/points"
+IMAGE_ENDPOINTS = {SEGMENT_PATH, POINTS_PATH}
+STATUS_PATH = f"/{API_VERSION}/status"
+# The paths metrics are labelled with; anything else is counted as "other".
+ENDPOINTS = IMAGE_ENDPOINTS | {STATUS_PATH, f"/{API_VERSION}/info", "/healthz", "/docs", "/openapi.json"}
 
 
-def _running_replicas() -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for app in serve.status().applications.values():
-        for name, deployment in app.deployments.items():
-            counts[name] = deployment.replica_states.get("RUNNING", 0)
-    return counts
+def _deployments() -> dict[str, DeploymentStatus]:
+    """This application's deployments as Serve's controller sees them now."""
+    app_name = serve.get_replica_context().app_name
+    app = serve.status().applications[app_name]
+    return {
+        name: DeploymentStatus(name=name, status=str(d.status.value), replicas={str(k): v for k, v in d.replica_states.items()})
+        for name, d in app.deployments.items()
+    }
 
 
 @serve.deployment(name="Ingress")
@@ -76,6 +90,11 @@ class Ingress:
         self.model = model
         self.processor, self.tracker_processor = load_processors(self.config.model)
         api.state.limits = self.config.limits
+        api.state.request_metrics = self.metrics = RequestMetrics(ENDPOINTS)
+        self.sampler = ClusterSampler(
+            serve.get_replica_context().app_name, IMAGE_ENDPOINTS, self.config.status.sample_interval_s,
+            self.config.status.window_s,
+        )
 
     async def _read(self, request: Request, json_model, params_model):
         """(decoded image, parameters), the prompt limits checked before the image is decoded."""
@@ -94,13 +113,28 @@ class Ingress:
             log.warning(TINY_MODEL_NOTICE)
         return InfoResponse(
             model=self.config.model,
-            replicas=await run_in_threadpool(_running_replicas),
+            replicas={name: d.replicas.get("RUNNING", 0) for name, d in (await run_in_threadpool(_deployments)).items()},
             limits=self.config.limits,
             batching=BatchingInfo(**self.config.batching.model_dump()),
             **described,
         )
 
-    @api.post(f"/{API_VERSION}/segment", response_model=SegmentResponse, responses=ERRORS)
+    @api.get(STATUS_PATH, response_model=StatusResponse)
+    async def status(self) -> StatusResponse:
+        """Replicas per deployment, requests in the system and recent throughput, cluster-wide."""
+        deployments = await run_in_threadpool(_deployments)
+        snapshot, rates = await self.sampler.current()
+        for name, deployment in deployments.items():
+            deployment.in_system = snapshot.in_system.get(name)
+            deployment.waiting = snapshot.waiting.get(name)
+        return StatusResponse(
+            application=self.sampler.application,
+            deployments=list(deployments.values()),
+            throughput=Throughput(**vars(rates)) if rates else None,
+            sampled_at=snapshot.time,
+        )
+
+    @api.post(SEGMENT_PATH, response_model=SegmentResponse, responses=ERRORS)
     async def segment(self, request: Request) -> SegmentResponse:
         image, params = await self._read(request, SegmentRequest, SegmentParams)
         height, width = image.shape[:2]
@@ -114,7 +148,7 @@ class Ingress:
             threshold=params.threshold,
         )
         raw = await self.model.segment.remote(item)
-        return await run_in_threadpool(
+        response = await run_in_threadpool(
             detections_response,
             raw,
             self.processor,
@@ -126,8 +160,10 @@ class Ingress:
             label=params.prompt or EXEMPLAR_LABEL,
             model=self.config.model,
         )
+        self.metrics.returned(SEGMENT_PATH, len(response.instances))
+        return response
 
-    @api.post(f"/{API_VERSION}/segment/points", response_model=SegmentResponse, responses=ERRORS)
+    @api.post(POINTS_PATH, response_model=SegmentResponse, responses=ERRORS)
     async def segment_points(self, request: Request) -> SegmentResponse:
         image, params = await self._read(request, PointsRequest, PointsParams)
         height, width = image.shape[:2]
@@ -142,7 +178,7 @@ class Ingress:
             multimask=params.multimask,
         )
         raw = await self.model.segment_points.remote(item)
-        return await run_in_threadpool(
+        response = await run_in_threadpool(
             point_masks_response,
             raw,
             self.tracker_processor,
@@ -152,4 +188,6 @@ class Ingress:
             mask_format=params.mask_format,
             model=self.config.model,
         )
+        self.metrics.returned(POINTS_PATH, len(response.instances))
+        return response
 

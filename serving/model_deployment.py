@@ -8,6 +8,7 @@ import asyncio
 from ray import serve
 
 from serving.config import ServiceConfig
+from serving.metrics import BatchMetrics
 from serving.model_loader import load_sam3
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
 
@@ -20,6 +21,7 @@ class SAM3Model:
         self.config = ServiceConfig.model_validate(config)
         self.loaded = load_sam3(self.config)
         self.predictor = Sam3Predictor(self.loaded)
+        self.batches = BatchMetrics(self.config.batching.max_batch_size)
         for batched in (self.segment, self.segment_points):
             batched.set_max_batch_size(self.config.batching.max_batch_size)
             batched.set_batch_wait_timeout_s(self.config.batching.batch_wait_timeout_s)
@@ -27,11 +29,13 @@ class SAM3Model:
     # The batch size set here is replaced by the configured one in __init__.
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def segment(self, items: list[SegmentItem]) -> list[RawDetections]:
+        self.batches.ran("segment", len(items))
         # In a worker thread so the replica keeps accepting (and batching) requests meanwhile.
         return await asyncio.to_thread(self.predictor.segment, items)
 
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
+        self.batches.ran("segment_points", len(items))
         return await asyncio.to_thread(self.predictor.segment_points, items)
 
     def describe(self) -> dict:

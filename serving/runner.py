@@ -30,6 +30,7 @@ class ServeSettings:
     host: str
     port: int
     route_prefix: str
+    proxy_location: str = "EveryNode"
 
     @property
     def url(self) -> str:
@@ -60,6 +61,7 @@ def load_settings(
         host=host or http.get("host", "127.0.0.1"),
         port=port or int(http.get("port", 8000)),
         route_prefix=app.get("route_prefix", "/"),
+        proxy_location=raw.get("proxy_location", "EveryNode"),
     )
 
 
@@ -74,8 +76,14 @@ def fit_to_cluster(settings: ServeSettings, gpus_available: float) -> list[str]:
     return []
 
 
-def start(settings: ServeSettings, *, address: str | None = None, wait_s: float = 600) -> list[str]:
-    """Deploy the application (starting an embedded local Ray unless `address` is given)."""
+def start(
+    settings: ServeSettings, *, address: str | None = None, wait_s: float = 600, num_gpus: int | None = None
+) -> list[str]:
+    """Deploy the application (starting an embedded local Ray unless `address` is given).
+
+    `num_gpus` declares GPUs for the embedded Ray instead of detecting them; the autoscaling
+    tests declare GPUs a CPU machine does not have so that replicas schedule as on a GPU node.
+    """
     import ray
     from ray import serve
 
@@ -85,16 +93,19 @@ def start(settings: ServeSettings, *, address: str | None = None, wait_s: float 
         ray.init(address=address)
         notes = []
     else:
-        # Logical CPUs only: the two deployments' replicas may share the machine's cores.
+        # address="local": always a Ray of our own, never a cluster someone started with `ray start`.
+        # Logical CPUs only: the deployments' replicas may share the machine's cores.
         ray.init(
-            num_cpus=max(4, os.cpu_count() or 1),
+            address="local",
+            num_cpus=max(8, os.cpu_count() or 1),
+            num_gpus=num_gpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             configure_logging=False,
             log_to_driver=False,
         )
         notes = fit_to_cluster(settings, ray.cluster_resources().get("GPU", 0))
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(proxy_location=settings.proxy_location, http_options={"host": settings.host, "port": settings.port})
     app = build_app(settings.args, settings.deployment_options)
     deadline = time.monotonic() + wait_s
     serve.run(app, name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
@@ -106,6 +117,8 @@ def stop(*, shutdown_ray: bool = True) -> None:
     import ray
     from ray import serve
 
+    if not ray.is_initialized():  # start() failed early; serve.shutdown() would start a Ray
+        return
     serve.shutdown()
     if shutdown_ray:
         ray.shutdown()

@@ -1,0 +1,101 @@
+"""`/v1/status`, `samfleet status` and the project's Prometheus metrics, read back from Ray's
+metrics endpoints the way Prometheus would scrape them."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import httpx
+
+from serving import cluster_metrics
+
+SEGMENT = "/v1/segment"
+
+
+def scraped() -> list[cluster_metrics.Sample]:
+    return asyncio.run(cluster_metrics.scrape(cluster_metrics.node_metric_urls()))
+
+
+def total(samples, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def wait_for(condition, timeout_s: float = 45):
+    """Ray exports metrics every few seconds: poll until `condition()` returns a truthy value."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "the metrics never showed the expected values"
+        time.sleep(1)
+    return value
+
+
+def test_metrics_count_requests_errors_and_batches(service, client, images):
+    ok = "ray_samfleet_requests_total"
+    before = scraped()
+    answered = total(before, ok, endpoint=SEGMENT, status="200")
+    refused = total(before, ok, endpoint=SEGMENT, status="422")
+    batches = total(before, "ray_samfleet_batch_size_count", method="segment")
+    batched_images = total(before, "ray_samfleet_batched_requests_total", method="segment")
+    for item in client.segment_many(images, "cat", concurrency=4, progress=False):
+        assert item.ok
+    bad = httpx.post(f"{service}{SEGMENT}", json={"image": "not base64!"})
+    assert bad.status_code == 422
+
+    def updated():
+        now = scraped()
+        # Each replica exports on its own schedule: wait for the ingress and the model replica.
+        seen = (total(now, ok, endpoint=SEGMENT, status="200") >= answered + len(images)
+                and total(now, ok, endpoint=SEGMENT, status="422") >= refused + 1
+                and total(now, "ray_samfleet_batched_requests_total", method="segment") >= batched_images + len(images))
+        return now if seen else None
+
+    now = wait_for(updated)
+    assert total(now, ok, endpoint=SEGMENT, status="200") == answered + len(images)
+    assert total(now, ok, endpoint=SEGMENT, status="422") == refused + 1
+    assert total(now, "ray_samfleet_request_latency_s_count", endpoint=SEGMENT) >= answered + refused + len(images) + 1
+    assert total(now, "ray_samfleet_instances_returned_count", endpoint=SEGMENT) >= len(images)
+    # Every image went through some forward pass; concurrent ones may have shared one.
+    assert total(now, "ray_samfleet_batched_requests_total", method="segment") == batched_images + len(images)
+    assert batches < total(now, "ray_samfleet_batch_size_count", method="segment") <= batches + len(images)
+    # Serve's own metrics come from the same endpoints.
+    assert any(s.name.startswith("ray_serve_") for s in now)
+
+
+def test_status_reports_replicas_load_and_throughput(client, images):
+    status = client.status()
+    deployments = {d.name: d for d in status.deployments}
+    assert set(deployments) == {"SAM3Model", "Ingress"}
+    assert deployments["SAM3Model"].replicas.get("RUNNING") == 1
+    assert status.application == "samfleet"
+
+    def measured():
+        for item in client.segment_many(images * 3, "cat", concurrency=4, progress=False):
+            assert item.ok
+        rate = client.status().throughput
+        return rate if rate and rate.images_per_s > 0 else None
+
+    rate = wait_for(measured, timeout_s=90)
+    assert rate.window_s > 0
+    assert rate.mean_batch_size is not None and 1 <= rate.mean_batch_size <= 4  # the tests' max_batch_size
+
+
+def test_status_cli_prints_the_table(service):
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "status", "--url", service], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"samfleet at {service}")
+    assert lines[1].split()[:3] == ["deployment", "status", "running"]
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert rows["SAM3Model"][1:3] == ["HEALTHY", "1"]
+    assert lines[-1].startswith("throughput: ")
+
+
+def test_status_cli_reports_an_unreachable_service():
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "status", "--url", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "error:" in done.stderr and "127.0.0.1:9" in done.stderr
