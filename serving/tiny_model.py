@@ -64,8 +64,20 @@ def _tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
+FULL_SIZE_NOTICE = (
+    "full-size randomly initialised SAM3 (the real architecture, for cost measurements): "
+    "its masks are MEANINGLESS"
+)
+
+
 def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random SAM3 checkpoint (model, processor, tokenizer) to `out_dir`."""
+    return build_random_model(out_dir, seed, full_size=False)
+
+
+def build_random_model(out_dir: str | Path, seed: int = 0, *, full_size: bool) -> Path:
+    """A random SAM3 checkpoint in the published layout; `full_size` uses transformers' default
+    (published) architecture, which costs what the trained model costs to load and run."""
     import torch
     from safetensors.torch import save_file
     from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
@@ -73,12 +85,41 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
+    if full_size:
+        config, image_processor, notice = Sam3VideoConfig(), Sam3ImageProcessor(), FULL_SIZE_NOTICE
+    else:
+        config, image_processor, notice = _tiny_config(len(tokenizer)), _tiny_image_processor(), TINY_MODEL_NOTICE
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(config).eval()
+    # save_pretrained applies the tracker's checkpoint key mapping twice for this nested
+    # model ("tracker_model.tracker_model.*"), which from_pretrained cannot read back; the
+    # plain state dict has the key layout of the published checkpoint.
+    config.save_pretrained(out)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    (out / _MARKER_FILE).write_text(json.dumps({"notice": notice, "seed": seed, "full_size": full_size}))
+    return out
+
+
+def _tiny_image_processor():
+    from transformers import Sam3ImageProcessor
+
+    return Sam3ImageProcessor(
+        size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE},
+        mask_size={"height": _GRID * 4, "width": _GRID * 4},
+    )
+
+
+def _tiny_config(vocab_size: int):
+    from transformers import Sam3VideoConfig
+
     detector = {
         "model_type": "sam3",
         "vision_config": _vision_config(),
         "text_config": {
             "model_type": "clip_text_model",
-            "vocab_size": len(tokenizer),
+            "vocab_size": vocab_size,
             "hidden_size": _WIDTH,
             "intermediate_size": 2 * _WIDTH,
             "projection_dim": _WIDTH,
@@ -113,23 +154,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         "memory_encoder_output_channels": 16,
         "mask_downsampler_embed_dim": _WIDTH,
     }
-    config = Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=_GRID * 4)
-    torch.manual_seed(seed)
-    model = Sam3VideoModel(config).eval()
-    # save_pretrained applies the tracker's checkpoint key mapping twice for this nested
-    # model ("tracker_model.tracker_model.*"), which from_pretrained cannot read back; the
-    # plain state dict has the key layout of the published checkpoint.
-    config.save_pretrained(out)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    image_processor = Sam3ImageProcessor(
-        size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE},
-        mask_size={"height": _GRID * 4, "width": _GRID * 4},
-    )
-    Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    (out / _MARKER_FILE).write_text(json.dumps({"notice": TINY_MODEL_NOTICE, "seed": seed}))
-    return out
+    return Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=_GRID * 4)
 
 
 def is_tiny_model(path: str | Path) -> bool:
+    """True for every checkpoint built here (tiny or full-size): its weights are random."""
     return (Path(path) / _MARKER_FILE).is_file()
