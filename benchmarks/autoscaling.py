@@ -22,6 +22,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,10 @@ FAST_METRICS = {
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
-TEST_TIMINGS = {"upscale_delay_s": 2.0, "downscale_delay_s": 5.0, "look_back_period_s": 2.0}
+# Long enough to ride out a dip in the signal: on 2 busy cores a starting replica slows the
+# ingress, fewer requests reach the model for a few seconds, and a 5 s downscale delay with a
+# 2 s look-back stopped the replica it had just started (seen in CI).
+TEST_TIMINGS = {"upscale_delay_s": 2.0, "downscale_delay_s": 20.0, "look_back_period_s": 10.0}
 MODEL = "SAM3Model"
 GPU_NODE_TYPE = "gpu_worker"
 RAY = str(Path(sys.executable).parent / "ray")  # the `ray` CLI of this environment
@@ -270,6 +274,7 @@ class FakeCluster:
             time.sleep(1)
         if self.session_pids():
             raise RuntimeError(f"fake cluster processes still running: {self.session_pids()}")
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # the session's logs, sockets and config
 
 
 def node_ip() -> str:

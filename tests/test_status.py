@@ -4,6 +4,7 @@ metrics endpoints the way Prometheus would scrape them."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,23 @@ def total(samples, name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+# Ray's workers hand their metrics to the node's exporter every `metrics_report_interval_ms`
+# (10 s by default); a scrape can miss whatever was counted during the last interval.
+REPORT_INTERVAL_S = int(os.environ.get("RAY_metrics_report_interval_ms", "10000")) / 1000
+
+
+def settled_scrape(*counters: str) -> list[cluster_metrics.Sample]:
+    """A scrape that includes every request already answered: two scrapes more than one report
+    interval apart that agree on `counters` (no request is in flight when this is called)."""
+    first = scraped()
+    while True:
+        time.sleep(REPORT_INTERVAL_S + 1)
+        second = scraped()
+        if all(total(first, name) == total(second, name) for name in counters):
+            return second
+        first = second
+
+
 def wait_for(condition, timeout_s: float = 45):
     """Ray exports metrics every few seconds: poll until `condition()` returns a truthy value."""
     deadline = time.monotonic() + timeout_s
@@ -34,7 +52,7 @@ def wait_for(condition, timeout_s: float = 45):
 
 def test_metrics_count_requests_errors_and_batches(service, client, images):
     ok = "ray_samfleet_requests_total"
-    before = scraped()
+    before = settled_scrape(ok, "ray_samfleet_batched_requests_total", "ray_samfleet_batch_size_count")
     answered = total(before, ok, endpoint=SEGMENT, status="200")
     refused = total(before, ok, endpoint=SEGMENT, status="422")
     batches = total(before, "ray_samfleet_batch_size_count", method="segment")
