@@ -1,4 +1,4 @@
-"""The service's `samfleet` commands (serve, demo, make-tiny-model), added to the CLI in sdk.cli.
+"""The service's `samfleet` commands (serve, demo, make-tiny-model, render-config), added to the CLI in sdk.cli.
 
 Only the standard library is imported here at module level, so a laptop with the SDK alone can
 build the parser; the commands import the service when they run."""
@@ -32,6 +32,12 @@ def add_service_commands(sub) -> None:
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.set_defaults(func=cmd_demo)
 
+    render = sub.add_parser(
+        "render-config", help="write the Serve config with overrides, for `serve deploy` or KubeRay's serveConfigV2")
+    _config_options(render)
+    render.add_argument("--out", type=Path, help="write here instead of stdout")
+    render.set_defaults(func=cmd_render_config)
+
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random SAM3 checkpoint (meaningless masks)")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
@@ -43,7 +49,36 @@ def cmd_make_tiny_model(args) -> int:
     return 0
 
 
-def _service_options(p: argparse.ArgumentParser) -> None:
+def cmd_render_config(args) -> int:
+    import yaml
+
+    from serving import runner
+
+    config = _config(runner.load_config, args, args.model)
+    text = RENDERED_HEADER + yaml.safe_dump(config, sort_keys=False)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+RENDERED_HEADER = ("# Written by `samfleet render-config` from samfleet's Serve config; the reasons for each\n"
+                   "# value are in serving/serve_config.yaml and the README.\n")
+
+
+def _config(load, args, model: str | None):
+    """`load` (runner.load_config or load_settings) with the command line's overrides; a bad
+    config file ends the command with its message instead of a traceback."""
+    from serving import runner
+
+    try:
+        return load(args.config, model=model, device=args.device, host=args.host, port=args.port)
+    except runner.ConfigError as exc:
+        raise SystemExit(f"samfleet {args.command}: {exc}") from None
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="Serve config YAML (default: the packaged serve_config.yaml)")
     p.add_argument("--model", help="model id or local folder (default: the config's; demo: the tiny model)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -51,10 +86,14 @@ def _service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int)
 
 
+def _service_options(p: argparse.ArgumentParser) -> None:
+    _config_options(p)
+
+
 def _start(args, model: str | None) -> str:
     from serving import runner
 
-    settings = runner.load_settings(args.config, model=model, device=args.device, host=args.host, port=args.port)
+    settings = _config(runner.load_settings, args, model)
     if is_tiny_model(settings.args.get("model", "")):
         print(f"NOTE: {TINY_MODEL_NOTICE}", flush=True)
     started = time.monotonic()

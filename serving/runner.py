@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from serving.config import ServiceConfig
 
@@ -37,29 +38,57 @@ class ServeSettings:
         return f"http://{self.host}:{self.port}"
 
 
-def load_settings(
+class ConfigError(ValueError):
+    """A Serve config file samfleet cannot use; the message names the file and the problem."""
+
+
+def load_config(
     config_path: str | Path | None = None,
     *,
     model: str | None = None,
     device: str | None = None,
     host: str | None = None,
     port: int | None = None,
-) -> ServeSettings:
-    raw = yaml.safe_load(Path(config_path or default_config_path()).read_text())
-    (app,) = [a for a in raw["applications"] if a.get("name", APP_NAME) == APP_NAME]
-    args = copy.deepcopy(app.get("args") or {})
+) -> dict:
+    """A Serve config file as Serve reads it, with command-line overrides applied and the
+    application's `args` validated (fail here, with a clear message, not in a replica)."""
+    path = Path(config_path or default_config_path())
+    try:
+        raw = yaml.safe_load(path.read_text())
+        args = _application(raw).setdefault("args", {})
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a Serve config with one application named {APP_NAME!r} ({exc})") from exc
     if model:
         args["model"] = model
     if device:
         args["device"] = device
-    ServiceConfig.model_validate(args)  # fail here, with a clear message, not in a replica
+    try:
+        ServiceConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid application args: {exc}") from exc
+    http = raw.setdefault("http_options", {})
+    if host:
+        http["host"] = host
+    if port:
+        http["port"] = port
+    return raw
+
+
+def _application(raw: dict) -> dict:
+    (app,) = [a for a in raw["applications"] if a.get("name", APP_NAME) == APP_NAME]
+    return app
+
+
+def load_settings(config_path: str | Path | None = None, **overrides) -> ServeSettings:
+    raw = load_config(config_path, **overrides)
+    app = _application(raw)
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
-    http = raw.get("http_options") or {}
+    http = raw["http_options"]
     return ServeSettings(
-        args=args,
+        args=copy.deepcopy(app["args"]),
         deployment_options=options,
-        host=host or http.get("host", "127.0.0.1"),
-        port=port or int(http.get("port", 8000)),
+        host=http.get("host", "127.0.0.1"),
+        port=int(http.get("port", 8000)),
         route_prefix=app.get("route_prefix", "/"),
         proxy_location=raw.get("proxy_location", "EveryNode"),
     )
