@@ -62,6 +62,9 @@ class SegmentWithSam3(foo.Operator):
         inputs = types.Object()
         inputs.str("prompts", required=True, label="Prompts",
                    description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'")
+        inputs.str("negative_prompts", required=False, label="Negative prompts",
+                   description="Concepts to exclude, comma separated, e.g. 'mannequin, poster': "
+                               "instances overlapping theirs are dropped")
         inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Score threshold")
         inputs.str("label_field", default=DEFAULT_FIELD, label="Label field")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels",
@@ -79,6 +82,7 @@ class SegmentWithSam3(foo.Operator):
     def execute(self, ctx):
         run = SegmentRun(
             prompts=prompts_of(ctx.params.get("prompts")),
+            negative_prompts=prompts_of(ctx.params.get("negative_prompts")),
             label_field=ctx.params.get("label_field") or DEFAULT_FIELD,
             threshold=ctx.params.get("threshold", 0.5),
             overwrite=ctx.params.get("overwrite", False),

@@ -38,6 +38,7 @@ class SegmentRun:
     prompts: list[str]
     label_field: str
     threshold: float = 0.5
+    negative_prompts: list[str] = field(default_factory=list)  # concepts whose instances are dropped
     overwrite: bool = False
     concurrency: int = 8
     chunk_size: int = 64
@@ -47,7 +48,8 @@ class SegmentRun:
         if not self.prompts:
             raise ValueError("give at least one prompt")
         for prompt in self.prompts:
-            segment_params(prompt, threshold=self.threshold)  # bad input fails before any request
+            # Bad input fails here, before any request.
+            segment_params(prompt, threshold=self.threshold, negative_prompts=self.negative_prompts)
         if self.concurrency < 1 or self.chunk_size < 1:
             raise ValueError("concurrency and chunk_size must be at least 1")
 
@@ -94,7 +96,8 @@ async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], r
     async with AsyncClient(service.url, api_key=service.api_key) as client:
         async def label(sample: tuple[str, str]) -> fo.Detections:
             sample_id, path = sample
-            results = await asyncio.gather(*(client.segment(path, p, threshold=run.threshold) for p in run.prompts))
+            results = await asyncio.gather(*(client.segment(path, p, threshold=run.threshold,
+                                                                   negative_prompts=run.negative_prompts) for p in run.prompts))
             mask_dir = run.mask_dir / sample_id / run.label_field if run.mask_dir else None
             return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results)), mask_dir)
 

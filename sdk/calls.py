@@ -39,7 +39,7 @@ def status() -> Call:
     return Call("GET", f"/{API_VERSION}/status", StatusResponse)
 
 
-def segment(image: ImageInput, prompt: str | None = None, **params: Any) -> Call:
+def segment(image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Call:
     return _image_call(f"/{API_VERSION}/segment", image, segment_params(prompt, **params))
 
 
@@ -48,20 +48,30 @@ def segment_points(image: ImageInput, points: Sequence[Sequence[float]] = (), **
 
 
 def segment_params(
-    prompt: str | None = None,
+    prompt: str | Sequence[str] | None = None,
     exemplars: Sequence[Sequence[float]] = (),
     negative: Sequence[Sequence[float]] = (),
+    negative_prompts: Sequence[str] = (),
+    negative_iou: float = 0.5,
+    negative_containment: float = 0.8,
     threshold: float = 0.5,
     mask_threshold: float = 0.5,
     mask_format: MaskFormat = "rle",
 ) -> SegmentParams:
-    """Parameters of /v1/segment; `exemplars` and `negative` are xyxy pixel boxes around examples
-    of what to find and of what not to find."""
+    """Parameters of /v1/segment.  `prompt` is one noun phrase or a list of them (found in one
+    request, each instance labelled with its prompt); `exemplars` and `negative` are xyxy pixel
+    boxes around examples of what to find and of what not to find; `negative_prompts` are
+    concepts whose instances are removed from the result."""
     boxes = [Exemplar(box=_box(b), label="positive") for b in exemplars]
     boxes += [Exemplar(box=_box(b), label="negative") for b in negative]
+    several = prompt is not None and not isinstance(prompt, str)
     return _validated(
         SegmentParams,
-        prompt=prompt,
+        prompt=None if several else prompt,
+        prompts=list(prompt) if several else [],
+        negative_prompts=list(negative_prompts),
+        negative_iou=negative_iou,
+        negative_containment=negative_containment,
         exemplars=boxes,
         threshold=threshold,
         mask_threshold=mask_threshold,

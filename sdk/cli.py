@@ -144,7 +144,10 @@ def _add_annotate(sub) -> None:
                                    "A re-run with the same --out skips what is finished.")
     p.add_argument("src", type=Path, help="image file or folder (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--prompt", help="what to find, e.g. 'red bus'")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="what to find, e.g. 'red bus' (repeatable: several concepts, each instance labelled)")
+    p.add_argument("--negative-prompt", action="append", default=[], metavar="PROMPT",
+                   help="a concept to exclude, e.g. 'mannequin': overlapping instances are dropped (repeatable)")
     box, point = _numbers(4, "a box (x1,y1,x2,y2)"), _numbers(2, "a point (x,y)")
     p.add_argument("--exemplar", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
                    help="box around an example of what to find (repeatable)")
@@ -178,8 +181,12 @@ def _request(args) -> AnnotationRequest:
             "labels": [1] * len(args.point) + [0] * len(args.negative_point),
             "box": args.box,
         })
-    return AnnotationRequest("segment", {"prompt": args.prompt, "exemplars": args.exemplar,
-                                         "negative": args.negative, "threshold": args.threshold})
+    # One prompt stays a string, so a run started before prompts could be repeated still resumes.
+    prompt = args.prompt[0] if len(args.prompt) == 1 else args.prompt or None
+    params = {"prompt": prompt, "exemplars": args.exemplar, "negative": args.negative, "threshold": args.threshold}
+    if args.negative_prompt:
+        params["negative_prompts"] = args.negative_prompt
+    return AnnotationRequest("segment", params)
 
 
 def cmd_annotate(args) -> int:

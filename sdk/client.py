@@ -62,15 +62,16 @@ class Client:
     def status(self) -> StatusResponse:
         return self._send(calls.status())
 
-    def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> Result:
-        """Every instance of `prompt` and/or the exemplar boxes (parameters: `calls.segment_params`)."""
+    def segment(self, image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Result:
+        """Every instance of `prompt` (a noun phrase or a list of them) and/or the exemplar boxes
+        (parameters: `calls.segment_params`)."""
         return self._send(calls.segment(image, prompt, **params)).with_image(image)
 
     def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Result:
         """The object at the clicked points and/or box (parameters: `calls.points_params`)."""
         return self._send(calls.segment_points(image, points, **params)).with_image(image)
 
-    def segment_many(self, images: Iterable[ImageInput], prompt: str | None = None, *, concurrency: int = 8,
+    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *, concurrency: int = 8,
                      progress: bool = True, ordered: bool = True, **params: Any) -> BackgroundBatch:
         """`segment` over many images, `concurrency` at a time; starts at once, iterate for BatchItems.
 
@@ -139,7 +140,7 @@ class AsyncClient:
     async def status(self) -> StatusResponse:
         return await self._send(calls.status())
 
-    async def segment(self, image: ImageInput, prompt: str | None = None, **params: Any) -> Result:
+    async def segment(self, image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Result:
         # Reading a file or PNG-encoding an array can take a while: keep it off the event loop.
         call = await asyncio.to_thread(calls.segment, image, prompt, **params)
         return (await self._send(call)).with_image(image)
@@ -148,7 +149,7 @@ class AsyncClient:
         call = await asyncio.to_thread(calls.segment_points, image, points, **params)
         return (await self._send(call)).with_image(image)
 
-    def segment_many(self, images: Iterable[ImageInput], prompt: str | None = None, *, concurrency: int = 8,
+    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *, concurrency: int = 8,
                      progress: bool = True, ordered: bool = True, **params: Any) -> AsyncIterator[BatchItem]:
         """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image

@@ -55,10 +55,25 @@ class Point(_Strict):
 
 
 class SegmentParams(_Strict):
-    """Find every instance of a concept: a text prompt and/or box exemplars."""
+    """Find every instance of one or several concepts: text prompts and/or box exemplars, minus
+    the instances of excluded concepts."""
 
     prompt: str | None = Field(default=None, description="Noun phrase to find, e.g. 'red bus'.")
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Several noun phrases found in one request on one image encoding; each instance's "
+        "`label` is the prompt that found it. Give `prompt` or `prompts`, not both.",
+    )
     exemplars: list[Exemplar] = Field(default_factory=list)
+    negative_prompts: list[str] = Field(
+        default_factory=list,
+        description="Concepts to exclude, e.g. ['mannequin']: an instance whose mask overlaps an instance "
+        "of one of these (see negative_iou, negative_containment) is dropped.",
+    )
+    negative_iou: Probability = Field(default=0.5, description="Drop an instance whose mask IoU with an excluded one reaches this.")
+    negative_containment: Probability = Field(
+        default=0.8, description="... or that lies this much (fraction of its own area) inside an excluded one."
+    )
     threshold: Probability = Field(default=0.5, description="Minimum instance score kept.")
     mask_threshold: Probability = Field(default=0.5, description="Mask probability binarisation level.")
     mask_format: MaskFormat = "rle"
@@ -70,11 +85,26 @@ class SegmentParams(_Strict):
             raise ValueError("prompt must not be empty")
         return value
 
+    @field_validator("prompts", "negative_prompts")
+    @classmethod
+    def _prompts_not_blank(cls, values: list[str]) -> list[str]:
+        if any(not v.strip() for v in values):
+            raise ValueError("prompts must not be empty")
+        return values
+
     @model_validator(mode="after")
     def _has_prompt(self) -> "SegmentParams":
-        if self.prompt is None and not self.exemplars:
+        if self.prompt is not None and self.prompts:
+            raise ValueError("give `prompt` or `prompts`, not both")
+        if not self.texts() and not self.exemplars:
             raise ValueError("give a text prompt, box exemplars, or both")
+        if len(self.prompts) > 1 and self.exemplars:
+            raise ValueError("box exemplars refine one concept: use them with a single prompt")
         return self
+
+    def texts(self) -> list[str]:
+        """The text prompts to find, whichever field gave them."""
+        return [self.prompt] if self.prompt is not None else list(self.prompts)
 
 
 class PointsParams(_Strict):
@@ -149,6 +179,7 @@ class Limits(BaseModel):
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="width*height after decoding")
     max_payload_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="HTTP request body size")
     max_prompt_chars: int = Field(default=200, gt=0)
+    max_prompts: int = Field(default=8, gt=0, description="text prompts per request, negative ones included")
     max_exemplars: int = Field(default=16, gt=0)
     max_points: int = Field(default=32, gt=0)
 

@@ -92,13 +92,19 @@ def _b64decode(data: str) -> bytes:
 
 
 def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
-    prompt = getattr(params, "prompt", None)
+    texts = {"prompt": params.prompt} if getattr(params, "prompt", None) is not None else {}
+    texts.update({f"{name}.{i}": text for name in ("prompts", "negative_prompts")
+                  for i, text in enumerate(getattr(params, name, ()))})
+    for field, text in texts.items():
+        if len(text) > limits.max_prompt_chars:
+            raise ServiceError(
+                422, "prompt_too_long", f"{field} has {len(text)} characters; the limit is {limits.max_prompt_chars}", field
+            )
+    if len(texts) > limits.max_prompts:
+        raise ServiceError(422, "too_many_prompts", f"{len(texts)} text prompts; the limit is {limits.max_prompts}",
+                           "prompts")
     exemplars = len(getattr(params, "exemplars", ()))
     points = len(getattr(params, "points", ()))
-    if prompt is not None and len(prompt) > limits.max_prompt_chars:
-        raise ServiceError(
-            422, "prompt_too_long", f"prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}", "prompt"
-        )
     if exemplars > limits.max_exemplars:
         raise ServiceError(422, "too_many_exemplars", f"{exemplars} exemplars; the limit is {limits.max_exemplars}", "exemplars")
     if points > limits.max_points:

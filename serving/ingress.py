@@ -142,22 +142,28 @@ class Ingress:
             check_box_inside(f"exemplars.{i}.box", ex.box, width, height)
         item = SegmentItem(
             image=image,
-            prompt=params.prompt,
+            prompts=params.texts(),
             boxes=[ex.box.xyxy() for ex in params.exemplars],
             box_labels=[int(ex.label == "positive") for ex in params.exemplars],
             threshold=params.threshold,
+            negative_prompts=params.negative_prompts,
         )
-        raw = await self.model.segment.remote(item)
+        raws = await self.model.segment.remote(item)
+        # Instances found by the exemplar boxes alone are labelled as such, not with the
+        # placeholder text the model was given.
+        labelled = [(text if item.prompts or excluded else EXEMPLAR_LABEL, excluded) for text, excluded in item.queries()]
         response = await run_in_threadpool(
             detections_response,
-            raw,
+            raws,
+            labelled,
             self.processor,
             height=height,
             width=width,
             threshold=params.threshold,
             mask_threshold=params.mask_threshold,
             mask_format=params.mask_format,
-            label=params.prompt or EXEMPLAR_LABEL,
+            negative_iou=params.negative_iou,
+            negative_containment=params.negative_containment,
             model=self.config.model,
         )
         self.metrics.returned(SEGMENT_PATH, len(response.instances))

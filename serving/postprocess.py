@@ -15,11 +15,13 @@ from transformers import Sam3Processor, Sam3TrackerProcessor
 
 from sdk.masks import encode_mask
 from sdk.schema import Instance, MaskFormat, SegmentResponse
+from serving import negatives
 from serving.predictor import RawDetections, RawPointMasks
 
 
 def detections_response(
-    raw: RawDetections,
+    raws: list[RawDetections],
+    queries: list[tuple[str, bool]],
     processor: Sam3Processor,
     *,
     height: int,
@@ -27,27 +29,38 @@ def detections_response(
     threshold: float,
     mask_threshold: float,
     mask_format: MaskFormat,
-    label: str,
+    negative_iou: float,
+    negative_containment: float,
     model: str,
 ) -> SegmentResponse:
-    outputs = SimpleNamespace(
-        pred_logits=torch.from_numpy(raw.pred_logits)[None],
-        pred_boxes=torch.from_numpy(raw.pred_boxes)[None],
-        pred_masks=torch.from_numpy(raw.pred_masks)[None],
-        presence_logits=torch.from_numpy(raw.presence_logits)[None],
-    )
-    (result,) = processor.post_process_instance_segmentation(
-        outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[(height, width)]
-    )
-    order = torch.argsort(result["scores"], descending=True)
-    instances = [
-        Instance(
-            mask=encode_mask(result["masks"][i].numpy(), mask_format),
-            box=_clip_box(result["boxes"][i].tolist(), width, height),
-            score=float(result["scores"][i]),
-            label=label,
+    """One response from the detections of each (label, excluded) query on one image: the
+    wanted instances of every label, minus those overlapping an excluded one, best first."""
+    wanted: list[tuple[float, list[float], np.ndarray, str]] = []
+    excluded: list[np.ndarray] = []
+    for raw, (label, is_excluded) in zip(raws, queries, strict=True):
+        outputs = SimpleNamespace(
+            pred_logits=torch.from_numpy(raw.pred_logits)[None],
+            pred_boxes=torch.from_numpy(raw.pred_boxes)[None],
+            pred_masks=torch.from_numpy(raw.pred_masks)[None],
+            presence_logits=torch.from_numpy(raw.presence_logits)[None],
         )
-        for i in order.tolist()
+        (result,) = processor.post_process_instance_segmentation(
+            outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[(height, width)]
+        )
+        masks = list(result["masks"].numpy())
+        if is_excluded:
+            excluded += masks
+        else:
+            wanted += [(float(score), box, mask, label)
+                       for score, box, mask in zip(result["scores"].tolist(), result["boxes"].tolist(), masks)]
+    if excluded and wanted:
+        dropped = negatives.suppressed(negatives.rle([w[2] for w in wanted]), negatives.rle(excluded),
+                                       iou=negative_iou, containment=negative_containment)
+        wanted = [w for w, drop in zip(wanted, dropped) if not drop]
+    wanted.sort(key=lambda w: w[0], reverse=True)
+    instances = [
+        Instance(mask=encode_mask(mask, mask_format), box=_clip_box(box, width, height), score=score, label=label)
+        for score, box, mask, label in wanted
     ]
     return SegmentResponse(width=width, height=height, instances=instances, model=model)
 

@@ -24,10 +24,17 @@ EXEMPLAR_ONLY_TEXT = "visual"  # what Sam3Processor feeds the text encoder when 
 @dataclass
 class SegmentItem:
     image: np.ndarray  # HxWx3 uint8, EXIF-orientation applied
-    prompt: str | None
+    prompts: list[str]  # empty: the exemplar boxes alone
     boxes: list[list[float]] = field(default_factory=list)  # xyxy pixels
     box_labels: list[int] = field(default_factory=list)  # 1 positive, 0 negative
     threshold: float = 0.5
+    negative_prompts: list[str] = field(default_factory=list)
+
+    def queries(self) -> list[tuple[str, bool]]:
+        """(text, excluded) of each detection this request needs on its image: the prompts
+        (with the exemplar boxes), then the excluded concepts (text alone)."""
+        wanted = self.prompts or [EXEMPLAR_ONLY_TEXT]
+        return [(text, False) for text in wanted] + [(text, True) for text in self.negative_prompts]
 
 
 @dataclass
@@ -55,6 +62,28 @@ class RawPointMasks:
     scores: np.ndarray  # (K,) predicted IoU
 
 
+@dataclass
+class _Query:
+    """One text (with its boxes) on one request's image: a row of a detector forward pass."""
+
+    item: int
+    slot: int
+    text: str
+    boxes: list[list[float]]
+    box_labels: list[int]
+
+
+def _rows(value, index: torch.Tensor):
+    """`value` (a ModelOutput, tuple or tensor of per-image features) with batch rows `index`."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows(v, index) for v in value)
+    if isinstance(value, dict):  # transformers' ModelOutput
+        return type(value)(**{k: _rows(v, index) for k, v in value.items()})
+    return value
+
+
 def group_indices(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
     """Indices of items that can share one forward pass without padding.
 
@@ -80,25 +109,34 @@ class Sam3Predictor:
         }
 
     @torch.inference_mode()
-    def segment(self, items: Sequence[SegmentItem]) -> list[RawDetections]:
-        results: list[RawDetections | None] = [None] * len(items)
-        for idx in group_indices(items, lambda it: len(it.boxes)):
-            group = [items[i] for i in idx]
+    def segment(self, items: Sequence[SegmentItem]) -> list[list[RawDetections]]:
+        """For each item, one RawDetections per `item.queries()`, in that order.  Each image is
+        encoded once however many prompts it comes with."""
+        queries = [_Query(i, slot, text, [] if excluded else items[i].boxes, [] if excluded else items[i].box_labels)
+                   for i, item in enumerate(items) for slot, (text, excluded) in enumerate(item.queries())]
+        results: list[list[RawDetections | None]] = [[None] * len(item.queries()) for item in items]
+        for idx in group_indices(queries, lambda q: len(q.boxes)):
+            group = [queries[k] for k in idx]
             has_boxes = bool(group[0].boxes)
-            inputs = self.m.processor(
-                images=[it.image for it in group],
-                text=[it.prompt or EXEMPLAR_ONLY_TEXT for it in group],
-                input_boxes=[it.boxes for it in group] if has_boxes else None,
-                input_boxes_labels=[it.box_labels for it in group] if has_boxes else None,
+            inputs = self._to_model(self.m.processor(
+                images=[items[q.item].image for q in group],
+                text=[q.text for q in group],
+                input_boxes=[q.boxes for q in group] if has_boxes else None,
+                input_boxes_labels=[q.box_labels for q in group] if has_boxes else None,
                 return_tensors="pt",
-            )
-            out = self.m.detector(**self._to_model(inputs))
+            ))
+            pixel_values = inputs.pop("pixel_values")
+            images = list(dict.fromkeys(q.item for q in group))  # each image once, in order
+            first_row = {item: [q.item for q in group].index(item) for item in images}
+            vision = self.m.detector.get_vision_features(pixel_values=pixel_values[[first_row[i] for i in images]])
+            row_image = torch.tensor([images.index(q.item) for q in group], device=pixel_values.device)
+            out = self.m.detector(vision_embeds=_rows(vision, row_image), **inputs)
             logits = out.pred_logits.float()
             presence = out.presence_logits.float()
             scores = logits.sigmoid() * presence.sigmoid()
-            for row, i in enumerate(idx):
-                keep = scores[row] > items[i].threshold
-                results[i] = RawDetections(
+            for row, q in enumerate(group):
+                keep = scores[row] > items[q.item].threshold
+                results[q.item][q.slot] = RawDetections(
                     pred_logits=logits[row][keep].cpu().numpy(),
                     pred_boxes=out.pred_boxes[row][keep].float().cpu().numpy(),
                     pred_masks=out.pred_masks[row][keep].float().cpu().numpy(),

@@ -99,11 +99,12 @@ def test_app_draws_masks_and_runs_the_operator(reviewed, app, browser, service):
     page.keyboard.press("Enter")
     form = page.get_by_role("dialog").locator("input:not([type=checkbox])")
     form.first.wait_for(timeout=30_000)
-    # In the form's order: prompts, threshold, label field, concurrency, chunk, mask folder, URL.
-    form.nth(0).fill("thing")
-    form.nth(1).fill(str(THRESHOLD))
-    form.nth(2).fill("sam3_app")
-    form.nth(6).fill(service)  # the App process has no SAMFLEET_URL
+    # The text/number inputs in the order SegmentWithSam3.resolve_input declares them.
+    fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "mask_dir", "url"]
+    form.nth(fields.index("prompts")).fill("thing")
+    form.nth(fields.index("threshold")).fill(str(THRESHOLD))
+    form.nth(fields.index("label_field")).fill("sam3_app")
+    form.nth(fields.index("url")).fill(service)  # the App process has no SAMFLEET_URL
     page.wait_for_timeout(1000)
     shot(page, "app-operator-form")
     page.get_by_role("button", name="Execute").click()

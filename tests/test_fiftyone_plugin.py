@@ -56,8 +56,8 @@ def dataset(plugin, tmp_path, request):
     ds.delete()
 
 
-def sdk_results(client, path: str) -> dict:
-    return {p: client.segment(path, p, threshold=THRESHOLD) for p in PROMPTS}
+def sdk_results(client, path: str, **params) -> dict:
+    return {p: client.segment(path, p, threshold=THRESHOLD, **params) for p in PROMPTS}
 
 
 def box_pixels(det: fo.Detection, width: int, height: int) -> np.ndarray:
@@ -116,6 +116,20 @@ def test_segment_operator_stores_the_sdk_results(dataset, client, service):
     assert sum(len(s["sam3"].detections) for s in dataset) > 0, "the tiny model found nothing: test is vacuous"
     for sample in dataset:
         assert_labels_match_sdk(sample, "sam3", sdk_results(client, sample.filepath))
+
+
+def test_negative_prompts_remove_what_they_remove_in_the_sdk(dataset, client, service):
+    params = {"prompts": PROMPT_TEXT, "negative_prompts": "cat, mannequin", "threshold": THRESHOLD, "url": service,
+              "label_field": "without"}
+    foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params)
+    foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params={**params, "negative_prompts": "",
+                                                                           "label_field": "with_all"})
+    # The tiny model's instances of any two prompts overlap a lot, so most (here all) go: what
+    # matters is that the operator removed what the SDK removes with the same negative prompts.
+    assert sum(len(s["without"].detections) for s in dataset) < sum(len(s["with_all"].detections) for s in dataset)
+    for sample in dataset:
+        assert_labels_match_sdk(sample, "without",
+                                sdk_results(client, sample.filepath, negative_prompts=["cat", "mannequin"]))
 
 
 def test_selected_samples_then_skip_existing_then_overwrite(dataset, service):

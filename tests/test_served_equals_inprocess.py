@@ -100,19 +100,26 @@ def test_predictor_batch_equals_one_by_one(tiny_model, images):
     """Deterministic check of the batching itself, mixed prompt kinds in one batch."""
     from serving.config import ServiceConfig
     from serving.model_loader import load_sam3
-    from serving.predictor import PointsItem, Sam3Predictor, SegmentItem
+    from serving.predictor import EXEMPLAR_ONLY_TEXT, PointsItem, Sam3Predictor, SegmentItem
 
     predictor = Sam3Predictor(load_sam3(ServiceConfig(model=tiny_model)))
     items = [
-        SegmentItem(images[0], "cat", threshold=0.0),
-        SegmentItem(images[1], None, boxes=[[5, 5, 50, 60]], box_labels=[1], threshold=0.0),
-        SegmentItem(images[2], "a much longer prompt", threshold=0.0),
-        SegmentItem(images[3], "dog", boxes=[[5, 5, 50, 60]], box_labels=[0], threshold=0.0),
+        SegmentItem(images[0], ["cat"], threshold=0.0),
+        SegmentItem(images[1], [], boxes=[[5, 5, 50, 60]], box_labels=[1], threshold=0.0),
+        SegmentItem(images[2], ["a much longer prompt"], threshold=0.0, negative_prompts=["cat"]),
+        SegmentItem(images[3], ["dog"], boxes=[[5, 5, 50, 60]], box_labels=[0], threshold=0.0),
+        SegmentItem(images[0], ["cat", "dog", "bus"], threshold=0.0, negative_prompts=["tree"]),
     ]
     for batched, item in zip(predictor.segment(items), items):
-        (single,) = predictor.segment([item])
-        np.testing.assert_allclose(batched.pred_logits, single.pred_logits, atol=1e-5)
-        np.testing.assert_allclose(batched.pred_masks, single.pred_masks, atol=1e-4)
+        # One image encoding shared by several prompts gives what one prompt at a time gives.
+        singles = [predictor.segment([SegmentItem(item.image, [] if text == EXEMPLAR_ONLY_TEXT else [text],
+                                                  [] if excluded else item.boxes, [] if excluded else item.box_labels,
+                                                  threshold=0.0)])[0][0]
+                   for text, excluded in item.queries()]
+        assert len(batched) == len(singles) == len(item.queries())
+        for got, single in zip(batched, singles):
+            np.testing.assert_allclose(got.pred_logits, single.pred_logits, atol=1e-5)
+            np.testing.assert_allclose(got.pred_masks, single.pred_masks, atol=1e-4)
     point_items = [
         PointsItem(images[0], [[10, 10]], [1]),
         PointsItem(images[1], [[10, 10], [40, 50]], [1, 0], multimask=True),

@@ -1,0 +1,31 @@
+"""Negative text prompts: drop the instances of a wanted concept that are really instances of a
+concept the caller excluded ("person" but not "mannequin").
+
+SAM3 takes negative *boxes* natively but no negative text, so the excluded concepts are
+segmented like any prompt and a wanted instance is dropped when its mask overlaps one of theirs.
+The overlaps are pycocotools' mask IoU on RLE (the COCO reference implementation), which with
+`iscrowd` set on the negative side gives intersection over the wanted instance's own area:
+"how much of this instance is the excluded thing".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+
+def rle(masks: Sequence[np.ndarray]) -> list[dict]:
+    """COCO RLE of HxW boolean masks."""
+    return [coco_mask.encode(np.asfortranarray(np.asarray(m, dtype=np.uint8))) for m in masks]
+
+
+def suppressed(wanted: list[dict], excluded: list[dict], *, iou: float, containment: float) -> np.ndarray:
+    """Which `wanted` masks (RLE) to drop: IoU with an excluded mask >= `iou`, or at least
+    `containment` of the wanted mask's area inside an excluded mask."""
+    if not wanted or not excluded:
+        return np.zeros(len(wanted), dtype=bool)
+    plain = np.asarray(coco_mask.iou(wanted, excluded, [0] * len(excluded))).reshape(len(wanted), len(excluded))
+    inside = np.asarray(coco_mask.iou(wanted, excluded, [1] * len(excluded))).reshape(len(wanted), len(excluded))
+    return ((plain >= iou) | (inside >= containment)).any(axis=1)
