@@ -40,14 +40,18 @@ class AnnotationRequest:
     def validate(self) -> dict[str, Any]:
         """The request as the service will see it (raises sdk.ValidationError when malformed)."""
         build = segment_params if self.endpoint == "segment" else points_params
-        return build(**self.params).model_dump(mode="json")
+        # The reference image travels as a file part beside the parameters.
+        params = {k: v for k, v in self.params.items() if k != "reference_image"}
+        return build(**params).model_dump(mode="json")
 
     def categories(self) -> list[str]:
-        """COCO categories in a fixed order: the prompt (the label the service gives its instances)."""
+        """COCO categories in a fixed order: the prompts (the labels the service gives its instances)."""
         prompt = self.params.get("prompt")
         if self.endpoint == "segment_points":
             return ["object"]
-        return [prompt] if prompt else ["exemplar"]
+        if not prompt:
+            return ["exemplar"]
+        return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 @dataclass(frozen=True)

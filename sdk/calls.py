@@ -23,6 +23,7 @@ from sdk.schema import (
     PointsParams,
     SegmentParams,
     StatusResponse,
+    Tiling,
 )
 from sdk.transport import Call
 
@@ -39,29 +40,35 @@ def status() -> Call:
     return Call("GET", f"/{API_VERSION}/status", StatusResponse)
 
 
-def segment(image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Call:
-    return _image_call(f"/{API_VERSION}/segment", image, segment_params(prompt, **params))
+def segment(image: ImageInput, prompt: str | Sequence[str] | None = None, *,
+            reference_image: ImageInput | None = None, **params: Any) -> Call:
+    return _image_call(f"/{API_VERSION}/segment", {"image": image, "reference_image": reference_image},
+                       segment_params(prompt, **params))
 
 
 def segment_points(image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Call:
-    return _image_call(f"/{API_VERSION}/segment/points", image, points_params(points, **params))
+    return _image_call(f"/{API_VERSION}/segment/points", {"image": image}, points_params(points, **params))
 
 
 def segment_params(
     prompt: str | Sequence[str] | None = None,
     exemplars: Sequence[Sequence[float]] = (),
     negative: Sequence[Sequence[float]] = (),
+    reference_boxes: Sequence[Sequence[float]] = (),
     negative_prompts: Sequence[str] = (),
     negative_iou: float = 0.5,
     negative_containment: float = 0.8,
     threshold: float = 0.5,
     mask_threshold: float = 0.5,
     mask_format: MaskFormat = "rle",
+    tiling: bool | Tiling = False,
 ) -> SegmentParams:
     """Parameters of /v1/segment.  `prompt` is one noun phrase or a list of them (found in one
     request, each instance labelled with its prompt); `exemplars` and `negative` are xyxy pixel
-    boxes around examples of what to find and of what not to find; `negative_prompts` are
-    concepts whose instances are removed from the result."""
+    boxes around examples of what to find and of what not to find; `reference_boxes` are boxes
+    on the `reference_image` given to `segment` ("find everything like this");
+    `negative_prompts` are concepts whose instances are removed from the result; `tiling`
+    (True, or a `Tiling` with its sizes) finds small objects in large images tile by tile."""
     boxes = [Exemplar(box=_box(b), label="positive") for b in exemplars]
     boxes += [Exemplar(box=_box(b), label="negative") for b in negative]
     several = prompt is not None and not isinstance(prompt, str)
@@ -73,6 +80,8 @@ def segment_params(
         negative_iou=negative_iou,
         negative_containment=negative_containment,
         exemplars=boxes,
+        reference_exemplars=[Exemplar(box=_box(b), label="positive") for b in reference_boxes],
+        tiling=Tiling() if tiling is True else tiling or None,
         threshold=threshold,
         mask_threshold=mask_threshold,
         mask_format=mask_format,
@@ -101,8 +110,8 @@ def points_params(
     )
 
 
-def _image_call(path: str, image: ImageInput, params: BaseModel) -> Call:
-    files = {"image": ("image", image_bytes(image), "application/octet-stream")}
+def _image_call(path: str, images: dict[str, ImageInput | None], params: BaseModel) -> Call:
+    files = {part: (part, image_bytes(image), "application/octet-stream") for part, image in images.items() if image is not None}
     data = {"params": params.model_dump_json(exclude_defaults=True)}
     return Call("POST", path, Result, {"files": files, "data": data})
 

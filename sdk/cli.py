@@ -153,6 +153,14 @@ def _add_annotate(sub) -> None:
                    help="box around an example of what to find (repeatable)")
     p.add_argument("--negative", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
                    help="box around an example of what NOT to find (repeatable)")
+    p.add_argument("--reference-image", type=Path, metavar="FILE",
+                   help="another image showing what to find, boxed with --reference-box")
+    p.add_argument("--reference-box", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
+                   help="box on --reference-image around an example of what to find (repeatable)")
+    p.add_argument("--tile-size", type=int, metavar="PIXELS",
+                   help="high-resolution mode: find small objects in large images tile by tile (e.g. 1008)")
+    p.add_argument("--tile-overlap", type=int, default=200, metavar="PIXELS",
+                   help="pixels shared by neighbouring tiles (default 200; wider than the objects)")
     p.add_argument("--point", type=point, action="append", default=[], metavar="X,Y",
                    help="click on the object (repeatable); segments one object per image")
     p.add_argument("--negative-point", type=point, action="append", default=[], metavar="X,Y",
@@ -171,10 +179,12 @@ def _add_annotate(sub) -> None:
 
 def _request(args) -> AnnotationRequest:
     clicks = args.point or args.negative_point or args.box
-    concept = args.prompt or args.exemplar or args.negative
+    concept = args.prompt or args.exemplar or args.negative or args.reference_box
     if bool(clicks) == bool(concept):
-        args.parser.error("give either --prompt/--exemplar/--negative (find every instance) "
+        args.parser.error("give either --prompt/--exemplar/--negative/--reference-box (find every instance) "
                           "or --point/--negative-point/--box (segment one object)")
+    if bool(args.reference_image) != bool(args.reference_box):
+        args.parser.error("--reference-image and --reference-box go together")
     if clicks:
         return AnnotationRequest("segment_points", {
             "points": args.point + args.negative_point,
@@ -184,8 +194,13 @@ def _request(args) -> AnnotationRequest:
     # One prompt stays a string, so a run started before prompts could be repeated still resumes.
     prompt = args.prompt[0] if len(args.prompt) == 1 else args.prompt or None
     params = {"prompt": prompt, "exemplars": args.exemplar, "negative": args.negative, "threshold": args.threshold}
+    # Options added later are recorded only when used, so runs started before them still resume.
     if args.negative_prompt:
         params["negative_prompts"] = args.negative_prompt
+    if args.reference_image:
+        params.update(reference_image=str(args.reference_image.resolve()), reference_boxes=args.reference_box)
+    if args.tile_size:
+        params["tiling"] = {"tile_size": args.tile_size, "overlap": args.tile_overlap}
     return AnnotationRequest("segment", params)
 
 

@@ -64,14 +64,16 @@ class Client:
 
     def segment(self, image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Result:
         """Every instance of `prompt` (a noun phrase or a list of them) and/or the exemplar boxes
-        (parameters: `calls.segment_params`)."""
+        (parameters: `calls.segment_params`; `reference_image=` the other image that
+        `reference_boxes` point into)."""
         return self._send(calls.segment(image, prompt, **params)).with_image(image)
 
     def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Result:
         """The object at the clicked points and/or box (parameters: `calls.points_params`)."""
         return self._send(calls.segment_points(image, points, **params)).with_image(image)
 
-    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *, concurrency: int = 8,
+    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *,
+                     reference_image: ImageInput | None = None, concurrency: int = 8,
                      progress: bool = True, ordered: bool = True, **params: Any) -> BackgroundBatch:
         """`segment` over many images, `concurrency` at a time; starts at once, iterate for BatchItems.
 
@@ -79,8 +81,8 @@ class Client:
         `item.error` set and the batch goes on.
         """
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
-        return self._in_background("segment_many", images, prompt, concurrency=concurrency,
-                                   progress=progress, ordered=ordered, **params)
+        return self._in_background("segment_many", images, prompt, reference_image=reference_image,
+                                   concurrency=concurrency, progress=progress, ordered=ordered, **params)
 
     def segment_points_many(self, images: Iterable[ImageInput], points: Sequence[Sequence[float]] = (), *,
                             concurrency: int = 8, progress: bool = True, ordered: bool = True,
@@ -149,11 +151,12 @@ class AsyncClient:
         call = await asyncio.to_thread(calls.segment_points, image, points, **params)
         return (await self._send(call)).with_image(image)
 
-    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *, concurrency: int = 8,
+    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *,
+                     reference_image: ImageInput | None = None, concurrency: int = 8,
                      progress: bool = True, ordered: bool = True, **params: Any) -> AsyncIterator[BatchItem]:
         """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
-        return run_batch(images, lambda image: self.segment(image, prompt, **params),
+        return run_batch(images, lambda image: self.segment(image, prompt, reference_image=reference_image, **params),
                          concurrency=concurrency, progress=progress, ordered=ordered)
 
     def segment_points_many(self, images: Iterable[ImageInput], points: Sequence[Sequence[float]] = (), *,

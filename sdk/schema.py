@@ -54,6 +54,25 @@ class Point(_Strict):
     label: PointLabel = "positive"
 
 
+class Tiling(_Strict):
+    """High-resolution mode: the image is cut into overlapping tiles, each seen by the model at
+    its full input resolution, and instances cut by tile borders are merged back together."""
+
+    tile_size: int = Field(default=1008, ge=64, le=8192, description="Tile side in pixels (SAM3 sees 1008x1008).")
+    overlap: int = Field(default=200, ge=0, description="Pixels shared by neighbouring tiles; make it wider "
+                         "than the objects you look for so each is whole in at least one tile.")
+    merge_iou: Probability = Field(default=0.5, description="Two instances from overlapping tiles are one "
+                                   "object when their masks' IoU inside the tiles' shared area reaches this.")
+    full_image: bool = Field(default=True, description="Also run the whole (downscaled) image and keep what no "
+                             "tile found, e.g. objects larger than a tile.")
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> "Tiling":
+        if self.overlap >= self.tile_size:
+            raise ValueError("overlap must be smaller than tile_size")
+        return self
+
+
 class SegmentParams(_Strict):
     """Find every instance of one or several concepts: text prompts and/or box exemplars, minus
     the instances of excluded concepts."""
@@ -65,6 +84,11 @@ class SegmentParams(_Strict):
         "`label` is the prompt that found it. Give `prompt` or `prompts`, not both.",
     )
     exemplars: list[Exemplar] = Field(default_factory=list)
+    reference_exemplars: list[Exemplar] = Field(
+        default_factory=list,
+        description="Boxes on the separate `reference_image` around examples of what to find in this image "
+        "(\"find everything like this\").",
+    )
     negative_prompts: list[str] = Field(
         default_factory=list,
         description="Concepts to exclude, e.g. ['mannequin']: an instance whose mask overlaps an instance "
@@ -77,6 +101,7 @@ class SegmentParams(_Strict):
     threshold: Probability = Field(default=0.5, description="Minimum instance score kept.")
     mask_threshold: Probability = Field(default=0.5, description="Mask probability binarisation level.")
     mask_format: MaskFormat = "rle"
+    tiling: Tiling | None = Field(default=None, description="High-resolution mode; off when absent.")
 
     @field_validator("prompt")
     @classmethod
@@ -96,10 +121,13 @@ class SegmentParams(_Strict):
     def _has_prompt(self) -> "SegmentParams":
         if self.prompt is not None and self.prompts:
             raise ValueError("give `prompt` or `prompts`, not both")
-        if not self.texts() and not self.exemplars:
+        boxes = self.exemplars or self.reference_exemplars
+        if not self.texts() and not boxes:
             raise ValueError("give a text prompt, box exemplars, or both")
-        if len(self.prompts) > 1 and self.exemplars:
+        if len(self.prompts) > 1 and boxes:
             raise ValueError("box exemplars refine one concept: use them with a single prompt")
+        if self.tiling is not None and boxes:
+            raise ValueError("tiling works with text prompts only: an exemplar box lies in one tile")
         return self
 
     def texts(self) -> list[str]:
@@ -123,13 +151,19 @@ class PointsParams(_Strict):
         return self
 
 
+# The request fields that carry image files: base64 strings in JSON, file parts in multipart.
+IMAGE_PARTS = ("image", "reference_image")
+
+
 class ImagePayload(_Strict):
     image: str = Field(description="The image file (JPEG, PNG, WebP, ...) encoded as base64.")
 
 
 class SegmentRequest(SegmentParams, ImagePayload):
-    """JSON form of POST /v1/segment; the multipart form sends `image` as a file and these
-    parameters as the JSON form field `params`."""
+    """JSON form of POST /v1/segment; the multipart form sends `image` (and `reference_image`) as
+    files and these parameters as the JSON form field `params`."""
+
+    reference_image: str | None = Field(default=None, description="base64 image that `reference_exemplars` point into.")
 
 
 class PointsRequest(PointsParams, ImagePayload):
@@ -182,6 +216,7 @@ class Limits(BaseModel):
     max_prompts: int = Field(default=8, gt=0, description="text prompts per request, negative ones included")
     max_exemplars: int = Field(default=16, gt=0)
     max_points: int = Field(default=32, gt=0)
+    max_tiles: int = Field(default=64, gt=0, description="tiles per image in high-resolution mode")
 
 
 class BatchingInfo(BaseModel):

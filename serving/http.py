@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from sdk.schema import Box, ErrorResponse, Limits
+from sdk.schema import IMAGE_PARTS, Box, ErrorResponse, Limits
 from serving.errors import ServiceError, error_json, validation_error
 
 P = TypeVar("P", bound=BaseModel)
@@ -55,40 +55,51 @@ def _too_large_message(size: int, limit: int) -> str:
     return f"request body is {size} bytes or more; the limit is {limit} bytes"
 
 
-async def read_image_request(request: Request, json_model: type[P], params_model: type[BaseModel]) -> tuple[bytes, P]:
-    """(image bytes, validated parameters) from a JSON body (base64 image) or a multipart form
-    (`image` file + `params` JSON field)."""
+def image_parts(json_model: type[BaseModel]) -> tuple[str, ...]:
+    """The image fields of a request model, `image` (required) first."""
+    return tuple(name for name in IMAGE_PARTS if name in json_model.model_fields)
+
+
+async def read_image_request(request: Request, json_model: type[P], params_model: type[BaseModel]) -> tuple[dict[str, bytes], P]:
+    """({part: image bytes}, validated parameters) from a JSON body (base64 images) or a
+    multipart form (image files + `params` JSON field)."""
+    parts = image_parts(json_model)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == JSON:
         try:
             payload = json_model.model_validate_json(await request.body())
         except ValidationError as exc:
             raise validation_error(exc) from None
-        params = params_model.model_validate(payload.model_dump(exclude={"image"}))
-        return _b64decode(payload.image), params  # type: ignore[return-value]
+        params = params_model.model_validate(payload.model_dump(exclude=set(parts)))
+        images = {name: _b64decode(getattr(payload, name), name) for name in parts if getattr(payload, name) is not None}
+        return images, params  # type: ignore[return-value]
     if content_type == MULTIPART:
-        form = await request.form(max_files=1, max_fields=4)
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise ServiceError(422, "invalid_request", "multipart form needs an 'image' file part", "image")
-        unknown = set(form.keys()) - {"image", "params"}
+        form = await request.form(max_files=len(parts), max_fields=4)
+        images = {}
+        for name in parts:
+            upload = form.get(name)
+            if isinstance(upload, UploadFile):
+                images[name] = await upload.read()
+        if parts[0] not in images:
+            raise ServiceError(422, "invalid_request", f"multipart form needs an '{parts[0]}' file part", parts[0])
+        unknown = set(form.keys()) - {*parts, "params"}
         if unknown:
             raise ServiceError(422, "invalid_request", f"unknown form fields: {sorted(unknown)}", sorted(unknown)[0])
         try:
             params = params_model.model_validate_json(str(form.get("params") or "{}"))
         except ValidationError as exc:
             raise validation_error(exc, prefix="params.") from None
-        return await upload.read(), params  # type: ignore[return-value]
+        return images, params  # type: ignore[return-value]
     raise ServiceError(
         415, "unsupported_media_type", f"content type {content_type or '(none)'!r} is not supported; send {JSON} or {MULTIPART}"
     )
 
 
-def _b64decode(data: str) -> bytes:
+def _b64decode(data: str, field: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise ServiceError(422, "invalid_image", "image is not valid base64", "image") from None
+        raise ServiceError(422, "invalid_image", f"{field} is not valid base64", field) from None
 
 
 def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
@@ -103,7 +114,7 @@ def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
     if len(texts) > limits.max_prompts:
         raise ServiceError(422, "too_many_prompts", f"{len(texts)} text prompts; the limit is {limits.max_prompts}",
                            "prompts")
-    exemplars = len(getattr(params, "exemplars", ()))
+    exemplars = len(getattr(params, "exemplars", ())) + len(getattr(params, "reference_exemplars", ()))
     points = len(getattr(params, "points", ()))
     if exemplars > limits.max_exemplars:
         raise ServiceError(422, "too_many_exemplars", f"{exemplars} exemplars; the limit is {limits.max_exemplars}", "exemplars")
@@ -148,7 +159,7 @@ def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], t
                             "type": "object",
                             "required": ["image"],
                             "properties": {
-                                "image": {"type": "string", "format": "binary"},
+                                **{part: {"type": "string", "format": "binary"} for part in image_parts(json_model)},
                                 "params": {"$ref": ref.format(model=params_model.__name__)},
                             },
                         },

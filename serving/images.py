@@ -14,10 +14,10 @@ from serving.errors import ServiceError
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 
 
-def decode_image(data: bytes, limits: Limits) -> np.ndarray:
+def decode_image(data: bytes, limits: Limits, field: str = "image") -> np.ndarray:
     """HxWx3 uint8 RGB array, or a ServiceError naming what is wrong with the upload."""
     if not data:
-        raise ServiceError(422, "invalid_image", "image is empty", field="image")
+        raise ServiceError(422, "invalid_image", f"{field} is empty", field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -25,24 +25,24 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
             # Image.open reads only the header: refuse oversized images before decoding pixels.
             width, height = image.size
             if width * height > limits.max_image_pixels:
-                raise _too_large(width, height, limits)
+                raise _too_large(width, height, limits, field)
             image.load()
     except ServiceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ServiceError(413, "image_too_large", f"image rejected as a decompression bomb: {exc}", "image")
+        raise ServiceError(413, "image_too_large", f"{field} rejected as a decompression bomb: {exc}", field)
     except UnidentifiedImageError:
-        raise ServiceError(422, "invalid_image", f"image is not a decodable {SUPPORTED} file", "image")
+        raise ServiceError(422, "invalid_image", f"{field} is not a decodable {SUPPORTED} file", field)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ServiceError(422, "invalid_image", f"image is corrupt or truncated: {exc}", "image")
+        raise ServiceError(422, "invalid_image", f"{field} is corrupt or truncated: {exc}", field)
     image = ImageOps.exif_transpose(image)
     return np.asarray(image.convert("RGB"))
 
 
-def _too_large(width: int, height: int, limits: Limits) -> ServiceError:
+def _too_large(width: int, height: int, limits: Limits, field: str) -> ServiceError:
     return ServiceError(
         413,
         "image_too_large",
-        f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}",
-        "image",
+        f"{field} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}",
+        field,
     )

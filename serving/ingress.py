@@ -5,6 +5,7 @@ No `from __future__ import annotations` here: FastAPI reads the route annotation
 """
 
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -41,8 +42,9 @@ from serving.http import (
 from serving.images import decode_image
 from serving.metrics import RequestMetrics, RequestMetricsMiddleware
 from serving.model_loader import load_processors
-from serving.postprocess import detections_response, point_masks_response
-from serving.predictor import PointsItem, SegmentItem
+from serving.postprocess import point_masks_response, segment_response
+from serving.predictor import PointsItem
+from serving.segmentation import plan_segment
 from serving.tiny_model import TINY_MODEL_NOTICE
 
 log = logging.getLogger("samfleet")
@@ -63,7 +65,6 @@ document_image_body(
     },
 )
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
-EXEMPLAR_LABEL = "exemplar"
 SEGMENT_PATH = f"/{API_VERSION}/segment"
 POINTS_PATH = f"/{API_VERSION}/segment/points"
 IMAGE_ENDPOINTS = {SEGMENT_PATH, POINTS_PATH}
@@ -97,10 +98,11 @@ class Ingress:
         )
 
     async def _read(self, request: Request, json_model, params_model):
-        """(decoded image, parameters), the prompt limits checked before the image is decoded."""
+        """({part: decoded image}, parameters), the prompt limits checked before any image is decoded."""
         data, params = await read_image_request(request, json_model, params_model)
         check_prompt_limits(self.config.limits, params)
-        return await run_in_threadpool(decode_image, data, self.config.limits), params
+        images = {name: await run_in_threadpool(decode_image, raw, self.config.limits, name) for name, raw in data.items()}
+        return images, params
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
@@ -136,42 +138,23 @@ class Ingress:
 
     @api.post(SEGMENT_PATH, response_model=SegmentResponse, responses=ERRORS)
     async def segment(self, request: Request) -> SegmentResponse:
-        image, params = await self._read(request, SegmentRequest, SegmentParams)
-        height, width = image.shape[:2]
-        for i, ex in enumerate(params.exemplars):
-            check_box_inside(f"exemplars.{i}.box", ex.box, width, height)
-        item = SegmentItem(
-            image=image,
-            prompts=params.texts(),
-            boxes=[ex.box.xyxy() for ex in params.exemplars],
-            box_labels=[int(ex.label == "positive") for ex in params.exemplars],
-            threshold=params.threshold,
-            negative_prompts=params.negative_prompts,
-        )
-        raws = await self.model.segment.remote(item)
-        # Instances found by the exemplar boxes alone are labelled as such, not with the
-        # placeholder text the model was given.
-        labelled = [(text if item.prompts or excluded else EXEMPLAR_LABEL, excluded) for text, excluded in item.queries()]
+        images, params = await self._read(request, SegmentRequest, SegmentParams)
+        image = images["image"]
+        job = plan_segment(image, params, self.config.limits, images.get("reference_image"))
+        # Tiles go out as separate calls so the replicas' batching packs them into full batches.
+        raws = await asyncio.gather(*(self.model.segment.remote(item) for item in job.items))
+        found = await run_in_threadpool(job.finish, raws, self.processor)
         response = await run_in_threadpool(
-            detections_response,
-            raws,
-            labelled,
-            self.processor,
-            height=height,
-            width=width,
-            threshold=params.threshold,
-            mask_threshold=params.mask_threshold,
-            mask_format=params.mask_format,
-            negative_iou=params.negative_iou,
-            negative_containment=params.negative_containment,
-            model=self.config.model,
+            segment_response, found, height=image.shape[0], width=image.shape[1],
+            mask_format=params.mask_format, model=self.config.model,
         )
         self.metrics.returned(SEGMENT_PATH, len(response.instances))
         return response
 
     @api.post(POINTS_PATH, response_model=SegmentResponse, responses=ERRORS)
     async def segment_points(self, request: Request) -> SegmentResponse:
-        image, params = await self._read(request, PointsRequest, PointsParams)
+        images, params = await self._read(request, PointsRequest, PointsParams)
+        image = images["image"]
         height, width = image.shape[:2]
         check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
         if params.box is not None:

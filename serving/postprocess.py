@@ -7,6 +7,7 @@ the instances the GPU replica kept, so served masks equal in-process transformer
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +20,28 @@ from serving import negatives
 from serving.predictor import RawDetections, RawPointMasks
 
 
-def detections_response(
+@dataclass
+class Found:
+    """One instance before encoding.  `mask` covers the image from `origin` (x, y) on: the whole
+    image, or a crop of it where instances are assembled from tiles."""
+
+    score: float
+    box: tuple[float, float, float, float]  # xyxy pixels of the whole image
+    mask: np.ndarray  # bool
+    label: str
+    origin: tuple[int, int] = (0, 0)
+
+    def full_mask(self, height: int, width: int) -> np.ndarray:
+        if self.origin == (0, 0) and self.mask.shape == (height, width):
+            return self.mask
+        full = np.zeros((height, width), dtype=bool)
+        x, y = self.origin
+        h, w = self.mask.shape
+        full[y:y + h, x:x + w] = self.mask
+        return full
+
+
+def found_instances(
     raws: list[RawDetections],
     queries: list[tuple[str, bool]],
     processor: Sam3Processor,
@@ -28,14 +50,12 @@ def detections_response(
     width: int,
     threshold: float,
     mask_threshold: float,
-    mask_format: MaskFormat,
     negative_iou: float,
     negative_containment: float,
-    model: str,
-) -> SegmentResponse:
-    """One response from the detections of each (label, excluded) query on one image: the
-    wanted instances of every label, minus those overlapping an excluded one, best first."""
-    wanted: list[tuple[float, list[float], np.ndarray, str]] = []
+) -> list[Found]:
+    """The wanted instances of every (label, excluded) query on one image of `height` x `width`,
+    minus those overlapping an instance of an excluded query."""
+    wanted: list[Found] = []
     excluded: list[np.ndarray] = []
     for raw, (label, is_excluded) in zip(raws, queries, strict=True):
         outputs = SimpleNamespace(
@@ -47,20 +67,24 @@ def detections_response(
         (result,) = processor.post_process_instance_segmentation(
             outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[(height, width)]
         )
-        masks = list(result["masks"].numpy())
+        masks = list(result["masks"].numpy().astype(bool))
         if is_excluded:
             excluded += masks
         else:
-            wanted += [(float(score), box, mask, label)
+            wanted += [Found(float(score), _clip_box(box, width, height), mask, label)
                        for score, box, mask in zip(result["scores"].tolist(), result["boxes"].tolist(), masks)]
     if excluded and wanted:
-        dropped = negatives.suppressed(negatives.rle([w[2] for w in wanted]), negatives.rle(excluded),
+        dropped = negatives.suppressed(negatives.rle([w.mask for w in wanted]), negatives.rle(excluded),
                                        iou=negative_iou, containment=negative_containment)
         wanted = [w for w, drop in zip(wanted, dropped) if not drop]
-    wanted.sort(key=lambda w: w[0], reverse=True)
+    return wanted
+
+
+def segment_response(found: list[Found], *, height: int, width: int, mask_format: MaskFormat, model: str) -> SegmentResponse:
+    """The response listing `found`, best first; each mask is made whole-image only while it is encoded."""
     instances = [
-        Instance(mask=encode_mask(mask, mask_format), box=_clip_box(box, width, height), score=score, label=label)
-        for score, box, mask, label in wanted
+        Instance(mask=encode_mask(f.full_mask(height, width), mask_format), box=f.box, score=f.score, label=f.label)
+        for f in sorted(found, key=lambda f: f.score, reverse=True)
     ]
     return SegmentResponse(width=width, height=height, instances=instances, model=model)
 

@@ -174,6 +174,30 @@ def test_points_mode_and_formats(service, tmp_path):
     assert len(COCO(str(tmp_path / "coco" / "annotations.coco.json")).getImgIds()) == len(files)
 
 
+def test_several_prompts_tiling_and_reference_image(service, client, tmp_path):
+    """Each option reaches the service: the CLI writes what the SDK gets for the same request."""
+    src = tmp_path / "src"
+    files = [p.relative_to(src).as_posix() for p in write_images(src, 2)]
+    reference = write_images(tmp_path / "ref", 1, seed=9)[0]
+    out = tmp_path / "out"
+    done = run(annotate(service, src, "--out", out, "--prompt", "cat", "--prompt", "dog", "--threshold", "0.1",
+                        "--tile-size", "64", "--tile-overlap", "16", "--negative-prompt", "tree"))
+    assert done.returncode == 0, done.stderr
+    assert_outputs_consistent(out, files, ["cat", "dog"])
+    for file, result in load_results(out).items():
+        expected = client.segment(src / file, ["cat", "dog"], threshold=0.1, negative_prompts=["tree"],
+                                  tiling={"tile_size": 64, "overlap": 16})
+        assert [i.box for i in result.instances] == [i.box for i in expected.instances]
+    by_reference = run(annotate(service, src, "--out", tmp_path / "ref-out", "--reference-image", reference,
+                                "--reference-box", "5,5,30,30", "--threshold", "0.1"))
+    assert by_reference.returncode == 0, by_reference.stderr
+    for file, result in load_results(tmp_path / "ref-out").items():
+        expected = client.segment(src / file, reference_image=reference, reference_boxes=[[5, 5, 30, 30]], threshold=0.1)
+        assert [i.box for i in result.instances] == [i.box for i in expected.instances]
+    alone = run(annotate(service, src, "--out", tmp_path / "o", "--reference-box", "5,5,30,30"))
+    assert alone.returncode == 2 and "go together" in alone.stderr
+
+
 def test_usage_errors(service, tmp_path):
     both = run(annotate(service, tmp_path, "--out", tmp_path / "o", "--prompt", "x", "--point", "1,1"))
     assert both.returncode == 2 and "either --prompt" in both.stderr

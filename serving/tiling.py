@@ -1,0 +1,179 @@
+"""High-resolution mode: find small objects in large images by running SAM3 on overlapping tiles.
+
+SAM3 sees every image at 1008x1008, so a 6000x4000 photo is shrunk ~6x and a 20-pixel object
+becomes 3 pixels: lost.  Tiles of the model's own input size keep full resolution.  An object
+cut by a tile border shows up as a part in each tile; neighbouring tiles share an overlap
+strip, and two parts are one object when their masks agree inside the strip both tiles saw
+(mask IoU there).  Box NMS cannot do this: the parts' boxes differ although they are one
+object, and two small neighbours' boxes can overlap although they are two.
+
+Merged groups are joined transitively (an object crossing three tiles), and the optional
+whole-image pass adds what no tile found, such as objects larger than a tile; where a tile
+found the object its full-resolution mask is kept rather than the upsampled whole-image one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
+
+from sdk.schema import Tiling
+from serving.postprocess import Found
+
+
+@dataclass(frozen=True)
+class Window:
+    """A region of the image in pixels, x1/y1 exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        if (self.x0, self.y0) == (0, 0) and self.size == image.shape[:2]:
+            return image
+        # Contiguous: each tile is shipped to the model replica on its own.
+        return np.ascontiguousarray(image[self.y0:self.y1, self.x0:self.x1])
+
+    def intersect(self, other: "Window") -> "Window | None":
+        x0, y0 = max(self.x0, other.x0), max(self.y0, other.y0)
+        x1, y1 = min(self.x1, other.x1), min(self.y1, other.y1)
+        return Window(x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def plan(width: int, height: int, tiling: Tiling) -> list[Window]:
+    """The tiles covering the image, then the whole image when `tiling.full_image` is set.
+    An image no larger than one tile gets the whole image alone."""
+    whole = Window(0, 0, width, height)
+    tiles = [
+        Window(x, y, min(x + tiling.tile_size, width), min(y + tiling.tile_size, height))
+        for y in _starts(height, tiling) for x in _starts(width, tiling)
+    ]
+    if len(tiles) == 1:
+        return [whole]
+    return tiles + [whole] if tiling.full_image else tiles
+
+
+def _starts(length: int, tiling: Tiling) -> list[int]:
+    # The fewest tiles whose overlaps are at least `overlap`, spread evenly so the last one
+    # ends at the border instead of hanging over it.
+    if length <= tiling.tile_size:
+        return [0]
+    count = math.ceil((length - tiling.overlap) / (tiling.tile_size - tiling.overlap))
+    count = max(count, 2)
+    span = length - tiling.tile_size
+    return [round(i * span / (count - 1)) for i in range(count)]
+
+
+@dataclass
+class _Piece:
+    """An instance found in one window, its mask cropped to its own extent."""
+
+    found: Found
+    window: Window
+    fine: bool  # from a tile, not from the whole-image pass
+
+    @property
+    def extent(self) -> Window:
+        x, y = self.found.origin
+        h, w = self.found.mask.shape
+        return Window(x, y, x + w, y + h)
+
+
+def _piece(found: Found, window: Window, fine: bool) -> _Piece:
+    ys, xs = np.nonzero(found.mask)
+    y0, y1 = (int(ys.min()), int(ys.max()) + 1) if len(ys) else (0, 0)
+    x0, x1 = (int(xs.min()), int(xs.max()) + 1) if len(xs) else (0, 0)
+    x1b, y1b, x2b, y2b = found.box
+    shifted = replace(
+        found,
+        mask=found.mask[y0:y1, x0:x1],
+        origin=(window.x0 + x0, window.y0 + y0),
+        box=(x1b + window.x0, y1b + window.y0, x2b + window.x0, y2b + window.y0),
+    )
+    return _Piece(shifted, window, fine)
+
+
+def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merge_iou: float) -> list[Found]:
+    """One list of whole-image instances from the instances found in each window (window
+    coordinates), parts of one object joined."""
+    whole = Window(0, 0, max(w.x1 for w in windows), max(w.y1 for w in windows))
+    pieces = [_piece(f, w, fine=w != whole or len(windows) == 1) for fs, w in zip(found_per_window, windows) for f in fs]
+    pairs = [(i, j) for i, a in enumerate(pieces) for j in range(i + 1, len(pieces))
+             if a.window != pieces[j].window and a.found.label == pieces[j].found.label
+             and _same_object(a, pieces[j], merge_iou)]
+    rows, cols = zip(*pairs) if pairs else ((), ())
+    graph = coo_array((np.ones(len(pairs)), (rows, cols)), shape=(len(pieces), len(pieces)))
+    _, group_of = connected_components(graph, directed=False)
+    groups: dict[int, list[_Piece]] = {}
+    for piece, group in zip(pieces, group_of):
+        groups.setdefault(int(group), []).append(piece)
+    return [_assembled(group) for group in groups.values()]
+
+
+def _same_object(a: _Piece, b: _Piece, merge_iou: float) -> bool:
+    shared = a.window.intersect(b.window)
+    if shared is None or a.extent.intersect(b.extent) is None:
+        return False
+    # Only the pixels both windows saw can be compared: elsewhere each part is blind to the other.
+    region = shared.intersect(_bounding(a.extent, b.extent))
+    if region is None:
+        return False
+    in_a, in_b = _paste(a, region), _paste(b, region)
+    union = np.count_nonzero(in_a | in_b)
+    return union > 0 and np.count_nonzero(in_a & in_b) / union >= merge_iou
+
+
+def _assembled(group: list[_Piece]) -> Found:
+    if len(group) == 1:
+        return group[0].found
+    # Tiles' full-resolution masks where a tile saw the object; the whole-image pass's
+    # upsampled mask only outside every such tile.
+    extent = _bounding(*(p.extent for p in group))
+    mask = np.zeros(extent.size, dtype=bool)
+    fine = [p for p in group if p.fine]
+    for p in group:
+        if not p.fine:
+            mask |= _paste(p, extent)
+    for p in fine:
+        seen = p.window.intersect(extent)
+        if seen is not None:
+            mask[seen.y0 - extent.y0:seen.y1 - extent.y0, seen.x0 - extent.x0:seen.x1 - extent.x0] = False
+    for p in fine:
+        mask |= _paste(p, extent)
+    # The parts' model boxes each end at their tile's border; the joined object's box is its mask's.
+    ys, xs = np.nonzero(mask)
+    best = max(group, key=lambda p: p.found.score)
+    return Found(
+        score=best.found.score,
+        box=(float(extent.x0 + xs.min()), float(extent.y0 + ys.min()),
+             float(extent.x0 + xs.max() + 1), float(extent.y0 + ys.max() + 1)),
+        mask=mask,
+        label=best.found.label,
+        origin=(extent.x0, extent.y0),
+    )
+
+
+def _bounding(*windows: Window) -> Window:
+    return Window(min(w.x0 for w in windows), min(w.y0 for w in windows),
+                  max(w.x1 for w in windows), max(w.y1 for w in windows))
+
+
+def _paste(piece: _Piece, region: Window) -> np.ndarray:
+    """The piece's mask over `region` (False where it has no pixels)."""
+    out = np.zeros(region.size, dtype=bool)
+    overlap = piece.extent.intersect(region)
+    if overlap is not None:
+        x, y = piece.found.origin
+        out[overlap.y0 - region.y0:overlap.y1 - region.y0, overlap.x0 - region.x0:overlap.x1 - region.x0] = \
+            piece.found.mask[overlap.y0 - y:overlap.y1 - y, overlap.x0 - x:overlap.x1 - x]
+    return out
