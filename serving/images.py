@@ -36,7 +36,19 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> np.ndarra
     except (OSError, SyntaxError, ValueError) as exc:
         raise ServiceError(422, "invalid_image", f"{field} is corrupt or truncated: {exc}", field)
     image = ImageOps.exif_transpose(image)
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(_to_8bit(image).convert("RGB"))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float greyscale scaled into 0..255: Pillow's own RGB conversion clips them
+    (a 16-bit scan comes out white, a 0..1 float image black)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    if image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = pixels.min(), pixels.max()
+        return Image.fromarray(((pixels - low) / ((high - low) or 1) * 255).astype(np.uint8))
+    return image
 
 
 def _too_large(width: int, height: int, limits: Limits, field: str) -> ServiceError:

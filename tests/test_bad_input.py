@@ -182,6 +182,38 @@ def test_exif_orientation_is_honoured(client):
     assert (result.width, result.height) == (40, 60)
 
 
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _unusual(mode: str) -> tuple[bytes, np.ndarray]:
+    """(file in `mode`, the 8-bit RGB pixels a viewer shows for it)."""
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    if mode == "I;16":
+        gray = (rng.random((48, 64)) * 65535).astype(np.uint16)
+        return _encoded(Image.fromarray(gray), "PNG"), np.repeat((gray / 257).astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "F":
+        gray = rng.random((48, 64)).astype(np.float32) * 0.5 + 0.25
+        scaled = ((gray - gray.min()) / (gray.max() - gray.min()) * 255).astype(np.uint8)
+        return _encoded(Image.fromarray(gray), "TIFF"), np.repeat(scaled[..., None], 3, axis=2)
+    data = _encoded(rgb.convert(mode), "JPEG" if mode == "CMYK" else "PNG")
+    return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "CMYK", "P", "LA", "RGBA"])
+def test_unusual_image_modes_are_segmented_as_a_viewer_shows_them(client, reference, mode):
+    """16-bit and float scans are scaled into 8 bits (not clipped white/black), CMYK converted."""
+    import reference as ref_impl
+    from test_served_equals_inprocess import assert_same_instances
+
+    data, shown = _unusual(mode)
+    served = client.segment(data, prompt="cat", threshold=0.0)
+    assert_same_instances(served, ref_impl.segment(reference, shown, prompt="cat", threshold=0.0), shown)
+
+
 def test_openapi_documents_both_encodings(service):
     spec = httpx.get(f"{service}/openapi.json").json()
     body = spec["paths"]["/v1/segment"]["post"]["requestBody"]["content"]
