@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from common import REPO, SAMPLES, free_port, model_or_tiny, running_service
+from serving import runner
 
 PROMPT = "cat"
 WARMUP = 4
@@ -123,14 +124,7 @@ def naive_wrapper(model: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the naive FastAPI wrapper did not start")
-            time.sleep(0.2)
+        runner.wait_healthy(url, time.monotonic() + 300)
         yield url
     finally:
         proc.terminate()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdk.schema import ErrorDetail, ErrorResponse
@@ -18,12 +20,14 @@ log = logging.getLogger("samfleet")
 class ServiceError(Exception):
     """A request the service refuses: `status` is a 4xx (or 503) with a message for the caller."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
 
 def error_json(status: int, code: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
@@ -43,10 +47,18 @@ def validation_error(exc: ValidationError | RequestValidationError, prefix: str 
     return ServiceError(422, "invalid_request", "; ".join(problems), field=fields[0] if fields else None)
 
 
+def overloaded(exc: BackPressureError) -> "ServiceError":
+    """The model deployment's queue is full: refuse at once with the status and Retry-After of
+    its `backpressure_config`, as the same JSON error as every other refusal.  (Serve's own
+    handler for this answers in plain text.)"""
+    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
+    return ServiceError(exc.status_code, "overloaded", f"the service is at capacity, retry later: {exc}", headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError):
-        return error_json(exc.status, exc.code, exc.message, exc.field)
+        return error_json(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError):

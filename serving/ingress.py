@@ -10,7 +10,8 @@ import logging
 
 from fastapi import FastAPI, Request
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.concurrency import run_in_threadpool
 
 from sdk.schema import (
@@ -30,7 +31,7 @@ from sdk.schema import (
 )
 from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
-from serving.errors import install_error_handlers
+from serving.errors import install_error_handlers, overloaded
 from serving.http import (
     PayloadLimitMiddleware,
     check_box_inside,
@@ -104,6 +105,14 @@ class Ingress:
         images = {name: await run_in_threadpool(decode_image, raw, self.config.limits, name) for name, raw in data.items()}
         return images, params
 
+    @staticmethod
+    async def _infer(response: DeploymentResponse):
+        """The model deployment's answer to a call."""
+        try:
+            return await response
+        except BackPressureError as exc:
+            raise overloaded(exc) from None
+
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
         return HealthResponse()
@@ -142,7 +151,7 @@ class Ingress:
         image = images["image"]
         job = plan_segment(image, params, self.config.limits, images.get("reference_image"))
         # Tiles go out as separate calls so the replicas' batching packs them into full batches.
-        raws = await asyncio.gather(*(self.model.segment.remote(item) for item in job.items))
+        raws = await asyncio.gather(*(self._infer(self.model.segment.remote(item)) for item in job.items))
         found = await run_in_threadpool(job.finish, raws, self.processor)
         response = await run_in_threadpool(
             segment_response, found, height=image.shape[0], width=image.shape[1],
@@ -166,7 +175,7 @@ class Ingress:
             box=params.box.xyxy() if params.box else None,
             multimask=params.multimask,
         )
-        raw = await self.model.segment_points.remote(item)
+        raw = await self._infer(self.model.segment_points.remote(item))
         response = await run_in_threadpool(
             point_masks_response,
             raw,

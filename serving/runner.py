@@ -138,7 +138,7 @@ def start(
     app = build_app(settings.args, settings.deployment_options)
     deadline = time.monotonic() + wait_s
     serve.run(app, name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
-    _wait_healthy(settings.url, deadline)
+    wait_healthy(settings.url, deadline)
     return notes
 
 
@@ -153,7 +153,8 @@ def stop(*, shutdown_ray: bool = True) -> None:
         ray.shutdown()
 
 
-def _wait_healthy(url: str, deadline: float) -> None:
+def wait_healthy(url: str, deadline: float) -> None:
+    """Return once `url`/healthz answers 200; TimeoutError after `deadline` (time.monotonic)."""
     import httpx
 
     while True:
