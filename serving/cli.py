@@ -38,10 +38,22 @@ def add_service_commands(sub) -> None:
     render.add_argument("--out", type=Path, help="write here instead of stdout")
     render.set_defaults(func=cmd_render_config)
 
+    key = sub.add_parser("new-api-key", help="make an API key and the hash to list under args.auth.api_key_hashes")
+    key.set_defaults(func=cmd_new_api_key)
+
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random SAM3 checkpoint (meaningless masks)")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
+
+
+def cmd_new_api_key(args) -> int:
+    from serving.auth import new_key
+
+    key, digest = new_key()
+    print(f"key (give it to the caller; it is not stored anywhere): {key}")
+    print(f"hash (add to args.auth.api_key_hashes in the Serve config): {digest}")
+    return 0
 
 
 def cmd_make_tiny_model(args) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from sdk.schema import Limits
 
@@ -28,6 +29,15 @@ class StatusConfig(BaseModel):
     window_s: float = Field(default=60.0, gt=0)
 
 
+class AuthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Empty: no authentication (a service on loopback or behind an authenticating proxy).
+    # Otherwise every route but /healthz needs `Authorization: Bearer KEY` whose hash is listed;
+    # `samfleet new-api-key` makes a key and its hash.
+    api_key_hashes: list[Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(default_factory=list)
+
+
 class ServiceConfig(BaseModel):
     """The `args:` block of the Serve config (`serve_config.yaml`)."""
 
@@ -41,3 +51,18 @@ class ServiceConfig(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    model_roots: list[str] = Field(
+        default_factory=list,
+        description="When set, `model` must be a folder inside one of these (symlinks resolved): "
+        "no hub downloads, no loading from elsewhere on the host.",
+    )
+
+    @model_validator(mode="after")
+    def _model_inside_roots(self) -> "ServiceConfig":
+        if not self.model_roots:
+            return self
+        where = Path(self.model).resolve()
+        if not any(where.is_relative_to(Path(root).resolve()) for root in self.model_roots):
+            raise ValueError(f"model {self.model!r} is not inside the allowed model_roots {self.model_roots}")
+        return self

@@ -29,6 +29,7 @@ from sdk.schema import (
     StatusResponse,
     Throughput,
 )
+from serving.auth import ApiKeyMiddleware
 from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
 from serving.errors import install_error_handlers, overloaded
@@ -56,7 +57,8 @@ api = FastAPI(
     description="SAM3 annotation service: every instance matching a text prompt, box exemplars or points.",
 )
 api.add_middleware(PayloadLimitMiddleware)
-api.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also counts refused bodies
+api.add_middleware(ApiKeyMiddleware)  # outside the body limit: an unauthenticated body is not even read
+api.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also counts refused requests
 install_error_handlers(api)
 document_image_body(
     api,
@@ -92,6 +94,7 @@ class Ingress:
         self.model = model
         self.processor, self.tracker_processor = load_processors(self.config.model)
         api.state.limits = self.config.limits
+        api.state.api_key_hashes = self.config.auth.api_key_hashes
         api.state.request_metrics = self.metrics = RequestMetrics(ENDPOINTS)
         self.sampler = ClusterSampler(
             serve.get_replica_context().app_name, IMAGE_ENDPOINTS, self.config.status.sample_interval_s,

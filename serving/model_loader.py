@@ -49,8 +49,9 @@ def load_processors(model: str) -> tuple[Sam3Processor, Sam3TrackerProcessor]:
 def load_sam3(config: ServiceConfig) -> LoadedSam3:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    detector = _from_pretrained(Sam3Model, config.model, dtype=dtype).to(device).eval()
-    tracker = _from_pretrained(Sam3TrackerModel, config.model, dtype=dtype).to(device).eval()
+    # safetensors only: a pickled .bin checkpoint can run code when loaded.
+    detector = _from_pretrained(Sam3Model, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
+    tracker = _from_pretrained(Sam3TrackerModel, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
     # The checkpoint stores one ViT backbone; transformers copies it into both models when it
     # loads them (its sam3_tracker key mapping). Sharing the module keeps one copy in memory.
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from serving.config import ServiceConfig
@@ -32,3 +34,31 @@ def test_unavailable_model_says_how_to_fix_it(model):
     message = str(raised.value)
     assert model in message
     assert "--model DIR" in message and "make-tiny-model" in message
+
+
+def test_pickled_checkpoints_are_refused(tiny_model, tmp_path):
+    """Only safetensors are loaded: a .bin checkpoint is a pickle and can run code."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="safetensors|model.safetensors"):
+        load_sam3(ServiceConfig(model=str(pickled), device="cpu"))
+
+
+def test_model_must_lie_inside_the_configured_roots(tmp_path):
+    from pydantic import ValidationError
+
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    (root / "sam3").mkdir(parents=True)
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    assert ServiceConfig(model=str(root / "sam3"), model_roots=[str(root)]).model == str(root / "sam3")
+    for elsewhere in ("facebook/sam3", str(root / ".." / "outside"), str(root / "escape")):
+        with pytest.raises(ValidationError, match="not inside the allowed model_roots"):
+            ServiceConfig(model=elsewhere, model_roots=[str(root)])

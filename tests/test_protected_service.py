@@ -1,0 +1,106 @@
+"""A service configured as it is exposed: API keys required, and a queue that fills.  Real
+service in its own process (its own Ray), a queue of 2 so that a burst overflows it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from conftest import free_port
+from sdk import APIError, Client, RetryPolicy
+from serving import runner
+from serving.auth import new_key
+from test_bad_input import assert_error, png
+
+BURST = 40
+
+
+KEY, KEY_HASH = new_key()
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory, tiny_model):
+    """(URL, the service's stderr file) of a service needing KEY, with a queue of 2."""
+    from serving.runner import default_config_path
+
+    tmp = tmp_path_factory.mktemp("protected")
+    raw = yaml.safe_load(default_config_path().read_text())
+    app = raw["applications"][0]
+    app["args"].update(model=tiny_model, batching={"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+                       auth={"api_key_hashes": [KEY_HASH]})
+    model = next(d for d in app["deployments"] if d["name"] == "SAM3Model")
+    model.update(max_ongoing_requests=1, max_queued_requests=2, backpressure_config={"retry_after_s": 1})
+    model.pop("autoscaling_config")
+    model["num_replicas"] = 1
+    port = free_port()
+    raw["http_options"]["port"] = port
+    config = tmp / "protected.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    url, log = f"http://127.0.0.1:{port}", tmp / "service.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "serve", "--config", str(config)],
+                                stdout=stderr, stderr=stderr, start_new_session=True)
+    try:
+        runner.wait_healthy(url, time.monotonic() + 240)
+        yield url, log
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+
+
+async def burst(url: str, image: bytes) -> list[tuple[int, float, httpx.Response]]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers,
+                                 limits=httpx.Limits(max_connections=BURST)) as http:
+        async def one():
+            started = time.perf_counter()
+            response = await http.post("/v1/segment", files={"image": ("i", image)}, data={"params": '{"prompt": "x"}'})
+            return response.status_code, time.perf_counter() - started, response
+
+        return await asyncio.gather(*(one() for _ in range(BURST)))
+
+
+def test_full_queue_answers_503_with_retry_after_and_the_sdk_gets_through(protected):
+    url, _ = protected
+    image = png(320, 240)
+    results = asyncio.run(burst(url, image))
+    statuses = sorted({status for status, _, _ in results})
+    assert statuses == [200, 503], statuses
+    refused = [(took, r) for status, took, r in results if status == 503]
+    served = [took for status, took, _ in results if status == 200]
+    for _, response in refused:
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"]["code"] == "overloaded"
+    # Refusals come back at once; they do not wait for the queue to drain.
+    assert np.median([took for took, _ in refused]) < np.median(served)
+    with Client(url, api_key=KEY, retry=RetryPolicy(max_retries=30, base_delay_s=0.2, max_delay_s=2)) as client:
+        items = list(client.segment_many([image] * BURST, "x", concurrency=BURST, progress=False))
+    assert [item.error for item in items if not item.ok] == []
+
+
+def test_api_key_is_required_everywhere_but_healthz(protected):
+    url, log = protected
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    for path in ("/v1/info", "/v1/status", "/openapi.json", "/docs"):
+        assert_error(httpx.get(f"{url}{path}"), 401, "unauthorized", says="needs an API key")
+    wrong = httpx.get(f"{url}/v1/info", headers={"Authorization": "Bearer sf_not-the-key"})
+    assert_error(wrong, 401, "unauthorized", says="not valid")
+    assert wrong.headers["www-authenticate"] == "Bearer"
+    # Refused before the body is read: a body over the size limit gets 401, not 413.
+    huge = httpx.post(f"{url}/v1/segment", content=b"x" * 40_000_000, headers={"content-type": "application/json"})
+    assert_error(huge, 401, "unauthorized")
+    with Client(url) as anonymous, pytest.raises(APIError) as refused:
+        anonymous.segment(png(), "cat")
+    assert refused.value.status == 401 and "API key" in refused.value.message
+    with Client(url, api_key=KEY) as client:
+        assert client.info().model == client.segment(png(), "cat").model
+    assert KEY not in log.read_text(), "the key was logged"
