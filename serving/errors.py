@@ -55,6 +55,13 @@ def overloaded(exc: BackPressureError) -> "ServiceError":
     return ServiceError(exc.status_code, "overloaded", f"the service is at capacity, retry later: {exc}", headers=headers)
 
 
+def replica_lost(exc: Exception) -> "ServiceError":
+    """The model replica died while it held the request (crash, OOM, node lost): Serve starts
+    another, so the same request succeeds when sent again; 503 says so to retrying clients."""
+    return ServiceError(503, "replica_lost", f"the model replica handling this request was lost, retry: "
+                        f"{exc.__class__.__name__}", headers={"Retry-After": "1"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError):

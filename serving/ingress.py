@@ -10,6 +10,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +33,7 @@ from sdk.schema import (
 from serving.auth import ApiKeyMiddleware
 from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
-from serving.errors import install_error_handlers, overloaded
+from serving.errors import install_error_handlers, overloaded, replica_lost
 from serving.http import (
     PayloadLimitMiddleware,
     check_box_inside,
@@ -115,6 +116,8 @@ class Ingress:
             return await response
         except BackPressureError as exc:
             raise overloaded(exc) from None
+        except RayActorError as exc:
+            raise replica_lost(exc) from None
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:

@@ -140,6 +140,41 @@ def test_killed_run_resumes_without_loss_or_duplicates(service, folder, uninterr
         assert_results_match(result, reference[file])
 
 
+def model_replicas() -> list[dict]:
+    """The SAM3Model replica actors (the service's Ray runs in this test process)."""
+    import ray
+
+    return [a for a in ray.util.list_named_actors(all_namespaces=True) if "SAM3Model" in a["name"]]
+
+
+def kill_model_replica() -> str:
+    import ray
+
+    (replica, *_) = model_replicas()
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+    return replica["name"]
+
+
+def test_model_replica_killed_mid_run_is_replaced_and_every_image_done_once(service, folder, uninterrupted, tmp_path):
+    """Requests the dead replica held come back 503 `replica_lost`; the SDK retries them on the
+    replica Serve starts instead; the run finishes as if nothing happened."""
+    src, files = folder
+    out = tmp_path / "out"
+    cmd = annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress")
+    running = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images")
+    killed = kill_model_replica()
+    stdout, stderr = running.communicate(timeout=600)
+    assert len(done_files(out)) > N_IMAGES // 4
+    assert f"done {N_IMAGES}, skipped 0" in stdout and "failed 1" in stdout, (stdout, stderr)
+    assert sorted(done_files(out)) == sorted(files), "each image is recorded done exactly once"
+    assert_outputs_consistent(out, files, ["thing"])
+    reference = load_results(uninterrupted[0])
+    for file, result in load_results(out).items():
+        assert_results_match(result, reference[file])
+    assert killed not in [a["name"] for a in model_replicas()]
+
+
 def test_rerun_skips_everything_and_keeps_outputs(service, folder, uninterrupted):
     out, _ = uninterrupted
     src, _ = folder
