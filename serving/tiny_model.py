@@ -24,6 +24,8 @@ _WIDTH = 128  # the video tracker reads 64-channel memories (hard-coded) and nee
 _GRID = _IMAGE_SIZE // _PATCH
 _FEATURE_SIZES = [[_GRID * 4, _GRID * 4], [_GRID * 2, _GRID * 2], [_GRID, _GRID]]
 _MARKER_FILE = "samfleet_tiny_model.json"
+# Bumped when the layout changes so `samfleet demo` rebuilds an older tiny model (2: video-capable).
+_LAYOUT = 2
 
 
 def _vision_config() -> dict:
@@ -103,7 +105,8 @@ def build_random_model(out_dir: str | Path, seed: int = 0, *, full_size: bool) -
     # it only has to match it.
     Sam2VideoVideoProcessor(size=image_processor.size, image_mean=image_processor.image_mean,
                             image_std=image_processor.image_std).save_pretrained(out)
-    (out / _MARKER_FILE).write_text(json.dumps({"notice": notice, "seed": seed, "full_size": full_size}))
+    (out / _MARKER_FILE).write_text(json.dumps({"notice": notice, "seed": seed, "full_size": full_size,
+                                                  "layout": _LAYOUT}))
     return out
 
 
@@ -167,3 +170,8 @@ def _tiny_config(vocab_size: int):
 def is_tiny_model(path: str | Path) -> bool:
     """True for every checkpoint built here (tiny or full-size): its weights are random."""
     return (Path(path) / _MARKER_FILE).is_file()
+
+
+def is_current_tiny_model(path: str | Path) -> bool:
+    """A checkpoint built here by this version (older ones lack what the video models need)."""
+    return is_tiny_model(path) and json.loads((Path(path) / _MARKER_FILE).read_text()).get("layout") == _LAYOUT
