@@ -4,6 +4,7 @@ client-side with the shared schema so that mistakes fail before anything is sent
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,6 +25,8 @@ from sdk.schema import (
     SegmentParams,
     StatusResponse,
     Tiling,
+    TrackLine,
+    TrackParams,
 )
 from sdk.transport import Call
 
@@ -48,6 +51,18 @@ def segment(image: ImageInput, prompt: str | Sequence[str] | None = None, *,
 
 def segment_points(image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Call:
     return _image_call(f"/{API_VERSION}/segment/points", {"image": image}, points_params(points, **params))
+
+
+def track_video(video: str | Path | bytes, prompt: str | None = None, points: Sequence[Sequence[float]] = (),
+                labels: Sequence[int] | None = None, frame: int = 0, mask_format: MaskFormat = "rle") -> Call:
+    """POST /v1/video/track: every instance of `prompt`, or the object at `points` (labels 1
+    positive, 0 negative) on frame `frame`, tracked through the video file `video` (path or bytes)."""
+    params = _validated(TrackParams, prompt=prompt, points=_labelled_points(points, labels),
+                        frame=frame, mask_format=mask_format)
+    data = video if isinstance(video, bytes) else Path(video).read_bytes()
+    files = {"video": ("video", data, "application/octet-stream")}
+    return Call("POST", f"/{API_VERSION}/video/track", TrackLine,
+                {"files": files, "data": {"params": params.model_dump_json(exclude_defaults=True)}}, stream=True)
 
 
 def segment_params(
@@ -97,12 +112,9 @@ def points_params(
     mask_format: MaskFormat = "rle",
 ) -> PointsParams:
     """Parameters of /v1/segment/points; labels are 1 (positive, the default) or 0 (negative)."""
-    labels = [1] * len(points) if labels is None else list(labels)
-    if len(labels) != len(points):
-        raise ValidationError(f"{len(points)} points but {len(labels)} labels")
     return _validated(
         PointsParams,
-        points=[_point(p, label) for p, label in zip(points, labels)],
+        points=_labelled_points(points, labels),
         box=_box(box) if box is not None else None,
         multimask=multimask,
         mask_threshold=mask_threshold,
@@ -114,6 +126,13 @@ def _image_call(path: str, images: dict[str, ImageInput | None], params: BaseMod
     files = {part: (part, image_bytes(image), "application/octet-stream") for part, image in images.items() if image is not None}
     data = {"params": params.model_dump_json(exclude_defaults=True)}
     return Call("POST", path, Result, {"files": files, "data": data})
+
+
+def _labelled_points(points: Sequence[Sequence[float]], labels: Sequence[int] | None) -> list[Point]:
+    labels = [1] * len(points) if labels is None else list(labels)
+    if len(labels) != len(points):
+        raise ValidationError(f"{len(points)} points but {len(labels)} labels")
+    return [_point(p, label) for p, label in zip(points, labels)]
 
 
 def _point(p: Sequence[float], label: int) -> Point:

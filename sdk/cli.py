@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samfleet", description="SAM3 annotation service and client")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_annotate(sub)
+    _add_track(sub)
     _add_status(sub)
     _add_install_plugin(sub)
     add_service_commands(sub)
@@ -175,6 +176,41 @@ def _add_annotate(sub) -> None:
     p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_annotate, parser=p)
+
+
+def _add_track(sub) -> None:
+    p = sub.add_parser("track", help="track objects through a video (per-frame masks with stable object ids)",
+                       description="Send VIDEO to /v1/video/track and write each frame's result to --out as it "
+                                   "arrives: frames.ndjson and masks/FRAME.png (pixel value = object id).")
+    p.add_argument("video", type=Path, help="video file (anything FFmpeg decodes: mp4, mkv, webm, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--prompt", help="what to find and track, e.g. 'red bus'")
+    p.add_argument("--point", type=_numbers(2, "a point (x,y)"), action="append", default=[], metavar="X,Y",
+                   help="a click on the object to track, on frame --frame (repeatable)")
+    p.add_argument("--negative-point", type=_numbers(2, "a point (x,y)"), action="append", default=[],
+                   metavar="X,Y", help="a click on what is not the object (repeatable)")
+    p.add_argument("--frame", type=int, default=0, help="the frame the points are on; tracking starts there")
+    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_track, parser=p)
+
+
+def cmd_track(args) -> int:
+    from sdk.video import write_frames
+
+    if not args.video.is_file():
+        args.parser.error(f"{args.video} is not a file")
+    with Client(args.url, api_key=args.api_key) as client:
+        frames = client.track_video(args.video, args.prompt, args.point + args.negative_point,
+                                    labels=[1] * len(args.point) + [0] * len(args.negative_point), frame=args.frame)
+        try:
+            written = write_frames(frames, args.out, progress=not args.no_progress)
+        except SamfleetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(f"{written} frames tracked; results in {args.out}/")
+    return 0
 
 
 def _request(args) -> AnnotationRequest:

@@ -10,7 +10,8 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +20,9 @@ from sdk import calls
 from sdk.batch import BackgroundBatch, BatchItem, run_batch
 from sdk.images import ImageInput
 from sdk.results import Result
-from sdk.schema import HealthResponse, InfoResponse, StatusResponse
-from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, finish, retry_delay
+from sdk.schema import HealthResponse, InfoResponse, StatusResponse, VideoFrame
+from sdk.transport import (DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, VideoStream, finish,
+                           retry_delay)
 
 
 def _settings(url: str | None, api_key: str | None, timeout: float, retry: RetryPolicy | None) -> Settings:
@@ -92,6 +94,22 @@ class Client:
         return self._in_background("segment_points_many", images, points, concurrency=concurrency,
                                    progress=progress, ordered=ordered, **params)
 
+    def track_video(self, video: str | Path | bytes, prompt: str | None = None,
+                    points: Sequence[Sequence[float]] = (), **params: Any) -> Iterator[VideoFrame]:
+        """Each frame's tracked instances (same `object_id` for the same object on every frame), as
+        the service computes them (parameters: `calls.track_video`).  The request is sent on the
+        first `next()`; a stream cut short raises instead of ending quietly."""
+        call = calls.track_video(video, prompt, points, **params)
+        stream = VideoStream(self.settings.url)
+        response = self._send(call)
+        try:
+            for line in response.iter_lines():
+                if line and (frame := stream.frame(line)) is not None:
+                    yield frame
+        finally:
+            response.close()  # also when the caller stops early: the server stops tracking
+        stream.finished()
+
     def _in_background(self, method: str, *args: Any, **kwargs: Any) -> BackgroundBatch:
         """Run AsyncClient.`method` (a batch) on the background loop with this client's settings."""
         settings = self.settings
@@ -106,7 +124,10 @@ class Client:
     def _send(self, call: Call) -> Any:
         for attempt in itertools.count():
             try:
-                outcome: httpx.Response | Exception = self._http.request(call.method, call.path, **call.kwargs)
+                request = self._http.build_request(call.method, call.path, **call.kwargs)
+                outcome: httpx.Response | Exception = self._http.send(request, stream=call.stream)
+                if outcome.is_error:
+                    outcome.read()  # an error body is short and is needed even when streaming
             except httpx.TransportError as exc:
                 outcome = exc
             delay = retry_delay(self.settings.retry, attempt, outcome)
@@ -151,6 +172,20 @@ class AsyncClient:
         call = await asyncio.to_thread(calls.segment_points, image, points, **params)
         return (await self._send(call)).with_image(image)
 
+    async def track_video(self, video: str | Path | bytes, prompt: str | None = None,
+                          points: Sequence[Sequence[float]] = (), **params: Any) -> AsyncIterator[VideoFrame]:
+        """`async for frame in client.track_video("clip.mp4", "car"): ...` (see `Client.track_video`)."""
+        call = await asyncio.to_thread(calls.track_video, video, prompt, points, **params)
+        stream = VideoStream(self.settings.url)
+        response = await self._send(call)
+        try:
+            async for line in response.aiter_lines():
+                if line and (frame := stream.frame(line)) is not None:
+                    yield frame
+        finally:
+            await response.aclose()
+        stream.finished()
+
     def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *,
                      reference_image: ImageInput | None = None, concurrency: int = 8,
                      progress: bool = True, ordered: bool = True, **params: Any) -> AsyncIterator[BatchItem]:
@@ -169,7 +204,10 @@ class AsyncClient:
     async def _send(self, call: Call) -> Any:
         for attempt in itertools.count():
             try:
-                outcome: httpx.Response | Exception = await self._http.request(call.method, call.path, **call.kwargs)
+                request = self._http.build_request(call.method, call.path, **call.kwargs)
+                outcome: httpx.Response | Exception = await self._http.send(request, stream=call.stream)
+                if outcome.is_error:
+                    await outcome.aread()
             except httpx.TransportError as exc:
                 outcome = exc
             delay = retry_delay(self.settings.retry, attempt, outcome)

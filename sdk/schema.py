@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 API_VERSION = "v1"
 
@@ -217,6 +217,65 @@ class Limits(BaseModel):
     max_exemplars: int = Field(default=16, gt=0)
     max_points: int = Field(default=32, gt=0)
     max_tiles: int = Field(default=64, gt=0, description="tiles per image in high-resolution mode")
+    max_video_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="video upload size (replaces max_payload_bytes there)")
+    max_video_frames: int = Field(default=3000, gt=0, description="frames in one video (counted before decoding)")
+    max_video_pixels: int = Field(default=8_294_400, gt=0, description="width*height of a video frame (3840x2160)")
+
+
+class TrackParams(_Strict):
+    """Track objects through a video: every instance of a text prompt (detected on every frame, each
+    object keeping its id), or one object clicked on frame `frame` (followed forward from there)."""
+
+    prompt: str | None = Field(default=None, description="Noun phrase to find and track, e.g. 'red bus'.")
+    points: list[Point] = Field(default_factory=list, description="Clicks on frame `frame` marking one object.")
+    frame: int = Field(default=0, ge=0, description="Frame the points are on; tracking starts there.")
+    mask_format: MaskFormat = "rle"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str | None) -> str | None:
+        return SegmentParams._prompt_not_blank(value)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "TrackParams":
+        if (self.prompt is None) == (not self.points):
+            raise ValueError("give a text prompt or points (one of the two)")
+        return self
+
+
+class TrackedInstance(Instance):
+    object_id: int = Field(description="the same object keeps the same id on every frame")
+
+
+class VideoFrame(BaseModel):
+    """One NDJSON line of POST /v1/video/track: a frame's instances, sent as soon as it is computed."""
+
+    type: Literal["frame"] = "frame"
+    frame_index: int
+    frame_count: int = Field(description="frames in the video; lines come for frame `frame` to the last")
+    width: int
+    height: int
+    instances: list[TrackedInstance]
+
+
+class VideoSummary(BaseModel):
+    """The last line of a complete stream."""
+
+    type: Literal["summary"] = "summary"
+    frames: int = Field(description="frame lines sent")
+    object_ids: list[int] = Field(description="every object id that appeared")
+    model: str
+
+
+class VideoError(BaseModel):
+    """The last line of a stream that failed after it started (the status was already 200)."""
+
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+class TrackLine(RootModel[Annotated[Union[VideoFrame, VideoSummary, VideoError], Field(discriminator="type")]]):
+    """Any line of the NDJSON stream."""
 
 
 class BatchingInfo(BaseModel):

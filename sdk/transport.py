@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from sdk.errors import APIError, ConnectionError, TimeoutError, ValidationError
+from sdk.schema import TrackLine, VideoError, VideoFrame
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0
@@ -51,12 +52,14 @@ NO_RETRY = RetryPolicy(max_retries=0)
 
 @dataclass
 class Call:
-    """One API call: the HTTP request and the pydantic model its successful answer parses into."""
+    """One API call: the HTTP request and the pydantic model its successful answer parses into
+    (or, with `stream`, the model of each line of its NDJSON answer, read as it arrives)."""
 
     method: str
     path: str
     model: type[BaseModel]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
 
 
 @dataclass
@@ -98,12 +101,38 @@ def finish(call: Call, outcome: httpx.Response | Exception, base_url: str) -> An
 
 
 def parse_response(response: httpx.Response, model: type[BaseModel]) -> Any:
+    """The parsed body; a streamed body (status checked, not yet read) is returned as the response."""
     if response.status_code >= 400:
         raise api_error(response)
+    if not response.is_closed:
+        return response
     try:
         return model.model_validate_json(response.content)
     except PydanticValidationError as exc:
         raise ValidationError(f"unexpected response from {response.request.url}: {exc}") from exc
+
+
+class VideoStream:
+    """Reads the NDJSON lines of /v1/video/track: `frame(line)` for each line as it arrives gives
+    the frame it carries, or None for the closing summary; `finished()` at the end of the body."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.summarised = False
+
+    def frame(self, line: str) -> VideoFrame | None:
+        try:
+            parsed = TrackLine.model_validate_json(line).root
+        except PydanticValidationError as exc:
+            raise ValidationError(f"unexpected line from {self.url}: {exc}") from exc
+        if isinstance(parsed, VideoError):
+            raise APIError(200, parsed.error.message, parsed.error.code, parsed.error.field)
+        self.summarised = not isinstance(parsed, VideoFrame)
+        return None if self.summarised else parsed
+
+    def finished(self) -> None:
+        if not self.summarised:
+            raise ConnectionError(f"the stream from {self.url} ended before its summary line")
 
 
 def api_error(response: httpx.Response) -> APIError:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving.tiny_model import TINY_MODEL_NOTICE, build_tiny_model, is_tiny_model
+from serving.tiny_model import TINY_MODEL_NOTICE, build_tiny_model, is_current_tiny_model, is_tiny_model
 
 DEFAULT_TINY_DIR = Path(".cache/tiny-sam3")
 
@@ -141,7 +141,7 @@ def cmd_demo(args) -> int:
     model = args.model
     if model is None:
         model = str(DEFAULT_TINY_DIR)
-        if not is_tiny_model(model):
+        if not is_current_tiny_model(model):
             build_tiny_model(model)
     images = [path for _, path in find_images(args.images)]
     if not images:

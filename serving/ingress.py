@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from sdk.schema import (
     API_VERSION,
     BatchingInfo,
+    ErrorDetail,
     ErrorResponse,
     HealthResponse,
     DeploymentStatus,
@@ -29,6 +31,9 @@ from sdk.schema import (
     SegmentResponse,
     StatusResponse,
     Throughput,
+    TrackParams,
+    VideoError,
+    VideoSummary,
 )
 from serving.auth import ApiKeyMiddleware
 from serving.cluster_metrics import ClusterSampler
@@ -41,7 +46,9 @@ from serving.http import (
     check_prompt_limits,
     document_image_body,
     read_image_request,
+    read_video_request,
 )
+from serving.errors import ServiceError
 from serving.images import decode_image
 from serving.metrics import RequestMetrics, RequestMetricsMiddleware
 from serving.model_loader import load_processors
@@ -49,6 +56,9 @@ from serving.postprocess import point_masks_response, segment_response
 from serving.predictor import PointsItem
 from serving.segmentation import plan_segment
 from serving.tiny_model import TINY_MODEL_NOTICE
+from serving.video_decode import probe_video
+from serving.video_lines import frame_line, ndjson
+from serving.video_tracking import TrackRequest
 
 log = logging.getLogger("samfleet")
 
@@ -72,9 +82,11 @@ ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
 SEGMENT_PATH = f"/{API_VERSION}/segment"
 POINTS_PATH = f"/{API_VERSION}/segment/points"
 IMAGE_ENDPOINTS = {SEGMENT_PATH, POINTS_PATH}
+VIDEO_PATH = f"/{API_VERSION}/video/track"
 STATUS_PATH = f"/{API_VERSION}/status"
+NDJSON = "application/x-ndjson"
 # The paths metrics are labelled with; anything else is counted as "other".
-ENDPOINTS = IMAGE_ENDPOINTS | {STATUS_PATH, f"/{API_VERSION}/info", "/healthz", "/docs", "/openapi.json"}
+ENDPOINTS = IMAGE_ENDPOINTS | {VIDEO_PATH, STATUS_PATH, f"/{API_VERSION}/info", "/healthz", "/docs", "/openapi.json"}
 
 
 def _deployments() -> dict[str, DeploymentStatus]:
@@ -96,6 +108,7 @@ class Ingress:
         self.processor, self.tracker_processor = load_processors(self.config.model)
         api.state.limits = self.config.limits
         api.state.api_key_hashes = self.config.auth.api_key_hashes
+        api.state.body_limits = {VIDEO_PATH: self.config.limits.max_video_bytes}
         api.state.request_metrics = self.metrics = RequestMetrics(ENDPOINTS)
         self.sampler = ClusterSampler(
             serve.get_replica_context().app_name, IMAGE_ENDPOINTS, self.config.status.sample_interval_s,
@@ -195,3 +208,35 @@ class Ingress:
         self.metrics.returned(POINTS_PATH, len(response.instances))
         return response
 
+    @api.post(VIDEO_PATH, responses={**ERRORS, 200: {"content": {NDJSON: {}}, "description": "one JSON line per "
+              "frame (sdk.schema.VideoFrame) as it is computed, then a VideoSummary (or VideoError) line"}})
+    async def track_video(self, request: Request) -> StreamingResponse:
+        """Multipart: `video` file + `params` JSON (TrackParams).  Everything that can be checked before
+        tracking starts is, so a bad request gets a 4xx status instead of a failed stream."""
+        data, params = await read_video_request(request, TrackParams)
+        check_prompt_limits(self.config.limits, params)
+        video = await run_in_threadpool(probe_video, data, self.config.limits)
+        if params.frame >= video.frames:
+            raise ServiceError(422, "out_of_range", f"frame {params.frame} is past the video's last frame "
+                               f"({video.frames - 1})", "frame")
+        check_inside("points", [p.x for p in params.points], [p.y for p in params.points], video.width, video.height)
+        item = TrackRequest(prompt=params.prompt, points=[[p.x, p.y] for p in params.points],
+                            point_labels=[int(p.label == "positive") for p in params.points], frame=params.frame)
+        frames = self.model.options(stream=True).track_video.remote(data, item)
+
+        async def lines():
+            sent, object_ids = 0, set()
+            try:
+                async for tracked in frames:
+                    line = await run_in_threadpool(frame_line, tracked, video.frames, params.mask_format)
+                    sent, object_ids = sent + 1, object_ids | set(tracked.object_ids)
+                    yield ndjson(line)
+            except Exception as exc:  # the status (200) is sent: the stream's last line says what failed
+                log.exception("video tracking failed")
+                yield ndjson(VideoError(error=ErrorDetail(code="tracking_failed", message=f"tracking failed after "
+                                                          f"{sent} frames: {exc.__class__.__name__}")))
+                return
+            self.metrics.returned(VIDEO_PATH, len(object_ids))
+            yield ndjson(VideoSummary(frames=sent, object_ids=sorted(object_ids), model=self.config.model))
+
+        return StreamingResponse(lines(), media_type=NDJSON)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from ray import serve
 
@@ -11,6 +12,8 @@ from serving.config import ServiceConfig
 from serving.metrics import BatchMetrics
 from serving.model_loader import load_sam3
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
+from serving.video_loader import load_sam3_video
+from serving.video_tracking import Sam3VideoTracker, TrackedFrame, TrackRequest, track_video
 
 DEFAULT_BATCH = ServiceConfig().batching
 
@@ -21,6 +24,7 @@ class SAM3Model:
         self.config = ServiceConfig.model_validate(config)
         self.loaded = load_sam3(self.config)
         self.predictor = Sam3Predictor(self.loaded)
+        self.video = Sam3VideoTracker(load_sam3_video(self.loaded, self.config.model))
         self.batches = BatchMetrics(self.config.batching.max_batch_size)
         for batched in (self.segment, self.segment_points):
             batched.set_max_batch_size(self.config.batching.max_batch_size)
@@ -37,6 +41,17 @@ class SAM3Model:
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
         self.batches.ran("segment_points", len(items))
         return await asyncio.to_thread(self.predictor.segment_points, items)
+
+    async def track_video(self, data: bytes, request: TrackRequest) -> AsyncIterator[TrackedFrame]:
+        """Frames as they are computed; call through `handle.options(stream=True)`.
+
+        A streaming method here rather than a deployment of its own: the video models share this
+        replica's weights (serving.video_loader), so a GPU holds one copy, and image requests keep
+        being batched on the replica while a video runs in a worker thread.
+        """
+        frames = track_video(data, request, self.video, self.config.limits.max_video_frames)
+        while (frame := await asyncio.to_thread(next, frames, None)) is not None:
+            yield frame
 
     def describe(self) -> dict:
         return {

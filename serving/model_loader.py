@@ -43,15 +43,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_processors(model: str) -> tuple[Sam3Processor, Sam3TrackerProcessor]:
     """Processors only: what the CPU ingress needs for post-processing."""
-    return _from_pretrained(Sam3Processor, model), _from_pretrained(Sam3TrackerProcessor, model)
+    return from_pretrained(Sam3Processor, model), from_pretrained(Sam3TrackerProcessor, model)
 
 
 def load_sam3(config: ServiceConfig) -> LoadedSam3:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     # safetensors only: a pickled .bin checkpoint can run code when loaded.
-    detector = _from_pretrained(Sam3Model, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
-    tracker = _from_pretrained(Sam3TrackerModel, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
+    detector = from_pretrained(Sam3Model, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
+    tracker = from_pretrained(Sam3TrackerModel, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
     # The checkpoint stores one ViT backbone; transformers copies it into both models when it
     # loads them (its sam3_tracker key mapping). Sharing the module keeps one copy in memory.
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone
@@ -67,7 +67,8 @@ def load_sam3(config: ServiceConfig) -> LoadedSam3:
     )
 
 
-def _from_pretrained(cls, model: str, **kwargs):
+def from_pretrained(cls, model: str, **kwargs):
+    """`cls.from_pretrained`, with a ModelLoadError saying how to fix an unavailable model."""
     try:
         return cls.from_pretrained(model, **kwargs)
     except OSError as exc:

@@ -104,7 +104,7 @@ def point_masks_response(
     )
     masks = masks[0].numpy()  # (K, H, W)
     instances = [
-        Instance(mask=encode_mask(m, mask_format), box=_mask_box(m), score=float(s), label="object")
+        Instance(mask=encode_mask(m, mask_format), box=mask_box(m), score=float(s), label="object")
         for m, s in zip(masks, raw.scores)
     ]
     return SegmentResponse(width=width, height=height, instances=instances, model=model)
@@ -124,7 +124,7 @@ def _clip_box(box: list[float], width: int, height: int) -> tuple[float, float, 
     return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
 
 
-def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return (0.0, 0.0, 0.0, 0.0)

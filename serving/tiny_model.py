@@ -20,10 +20,12 @@ TINY_MODEL_NOTICE = (
 # every width is shared (the detector, tracker and FPN exchange features unprojected).
 _IMAGE_SIZE = 112
 _PATCH = 14
-_WIDTH = 32
+_WIDTH = 128  # the video tracker reads 64-channel memories (hard-coded) and needs a wider model
 _GRID = _IMAGE_SIZE // _PATCH
 _FEATURE_SIZES = [[_GRID * 4, _GRID * 4], [_GRID * 2, _GRID * 2], [_GRID, _GRID]]
 _MARKER_FILE = "samfleet_tiny_model.json"
+# Bumped when the layout changes so `samfleet demo` rebuilds an older tiny model (2: video-capable).
+_LAYOUT = 2
 
 
 def _vision_config() -> dict:
@@ -80,7 +82,7 @@ def build_random_model(out_dir: str | Path, seed: int = 0, *, full_size: bool) -
     (published) architecture, which costs what the trained model costs to load and run."""
     import torch
     from safetensors.torch import save_file
-    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
+    from transformers import Sam2VideoVideoProcessor, Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,13 @@ def build_random_model(out_dir: str | Path, seed: int = 0, *, full_size: bool) -
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    (out / _MARKER_FILE).write_text(json.dumps({"notice": notice, "seed": seed, "full_size": full_size}))
+    # Sam3VideoProcessor / Sam3TrackerVideoProcessor also load a video processor (the class the
+    # published checkpoint names); frames are fed one at a time through the image processor, so
+    # it only has to match it.
+    Sam2VideoVideoProcessor(size=image_processor.size, image_mean=image_processor.image_mean,
+                            image_std=image_processor.image_std).save_pretrained(out)
+    (out / _MARKER_FILE).write_text(json.dumps({"notice": notice, "seed": seed, "full_size": full_size,
+                                                  "layout": _LAYOUT}))
     return out
 
 
@@ -151,8 +159,10 @@ def _tiny_config(vocab_size: int):
         "memory_attention_feed_forward_hidden_size": 2 * _WIDTH,
         "memory_attention_rope_feat_sizes": [_GRID, _GRID],
         "memory_encoder_hidden_size": _WIDTH,
-        "memory_encoder_output_channels": 16,
+        "memory_encoder_output_channels": 64,
         "mask_downsampler_embed_dim": _WIDTH,
+        "memory_fuser_embed_dim": _WIDTH,
+        "memory_fuser_intermediate_dim": 2 * _WIDTH,
     }
     return Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=_GRID * 4)
 
@@ -160,3 +170,8 @@ def _tiny_config(vocab_size: int):
 def is_tiny_model(path: str | Path) -> bool:
     """True for every checkpoint built here (tiny or full-size): its weights are random."""
     return (Path(path) / _MARKER_FILE).is_file()
+
+
+def is_current_tiny_model(path: str | Path) -> bool:
+    """A checkpoint built here by this version (older ones lack what the video models need)."""
+    return is_tiny_model(path) and json.loads((Path(path) / _MARKER_FILE).read_text()).get("layout") == _LAYOUT

@@ -27,6 +27,9 @@ TEST_LIMITS = {
     "max_prompt_chars": 50,
     "max_exemplars": 4,
     "max_points": 4,
+    "max_video_bytes": 3_000_000,
+    "max_video_frames": 30,
+    "max_video_pixels": 100_000,
 }
 
 
