@@ -56,6 +56,11 @@ def _numbers(count: int, what: str):
     return parse
 
 
+def _service_options(p) -> None:
+    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+
+
 def _add_install_plugin(sub) -> None:
     p = sub.add_parser("install-plugin", help="make the FiftyOne plugin (@samfleet/sam3) visible to FiftyOne",
                        description="Link the installed fiftyone_plugin folder into FiftyOne's plugins directory.")
@@ -86,8 +91,7 @@ def cmd_install_plugin(args) -> int:
 
 def _add_status(sub) -> None:
     p = sub.add_parser("status", help="replicas, requests in the system and throughput of a running service")
-    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+    _service_options(p)
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
     p.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
     p.set_defaults(func=cmd_status)
@@ -172,8 +176,7 @@ def _add_annotate(sub) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--watch", action="store_true", help="keep annotating new images until interrupted")
     p.add_argument("--interval", type=float, default=2.0, help="--watch polling period in seconds")
-    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+    _service_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_annotate, parser=p)
 
@@ -190,8 +193,7 @@ def _add_track(sub) -> None:
     p.add_argument("--negative-point", type=_numbers(2, "a point (x,y)"), action="append", default=[],
                    metavar="X,Y", help="a click on what is not the object (repeatable)")
     p.add_argument("--frame", type=int, default=0, help="the frame the points are on; tracking starts there")
-    p.add_argument("--url", help="service URL (default: $SAMFLEET_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", help="API key (default: $SAMFLEET_API_KEY)")
+    _service_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_track, parser=p)
 
