@@ -41,3 +41,7 @@ class ServiceConfig(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    embedding_cache_mb: float = Field(
+        default=1024, ge=0,
+        description="memory per SAM3 replica for image embeddings kept for later point/box prompts; 0 disables",
+    )

@@ -8,6 +8,7 @@ import asyncio
 from ray import serve
 
 from serving.config import ServiceConfig
+from serving.embedding_cache import EmbeddingCache
 from serving.metrics import BatchMetrics
 from serving.model_loader import load_sam3
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
@@ -21,6 +22,7 @@ class SAM3Model:
         self.config = ServiceConfig.model_validate(config)
         self.loaded = load_sam3(self.config)
         self.predictor = Sam3Predictor(self.loaded)
+        self.embeddings = EmbeddingCache(self.predictor, self.config.embedding_cache_mb)
         self.batches = BatchMetrics(self.config.batching.max_batch_size)
         for batched in (self.segment, self.segment_points):
             batched.set_max_batch_size(self.config.batching.max_batch_size)
@@ -36,11 +38,14 @@ class SAM3Model:
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
         self.batches.ran("segment_points", len(items))
-        return await asyncio.to_thread(self.predictor.segment_points, items)
+        # The image key the ingress sent; Serve splits batches by it, so it is one per batch.
+        embeddings = await self.embeddings.embeddings(items, serve.get_multiplexed_model_id())
+        return await asyncio.to_thread(self.predictor.segment_points, items, embeddings)
 
     def describe(self) -> dict:
         return {
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "tiny_random_model": self.loaded.tiny,
+            "embedding_cache": self.embeddings.describe(),
         }
