@@ -35,7 +35,9 @@ from serving.metrics import IMAGE_ENCODINGS  # noqa: E402
 ENCODINGS = f"ray_{IMAGE_ENCODINGS}"
 
 
-def click_latencies(url: str, images: list[bytes], sizes: list[tuple[int, int]], clicks: int) -> list[list[float]]:
+def click_latencies(
+    url: str, images: list[bytes], sizes: list[tuple[int, int]], clicks: int, think_s: float
+) -> list[list[float]]:
     """Seconds per click: one row per image, one column per click position."""
     rng = np.random.default_rng(0)
     rows = []
@@ -48,6 +50,7 @@ def click_latencies(url: str, images: list[bytes], sizes: list[tuple[int, int]],
                 t = time.perf_counter()
                 client.segment_points(image, [point])
                 row.append(time.perf_counter() - t)
+                time.sleep(think_s)
             rows.append(row)
     return rows
 
@@ -66,10 +69,10 @@ def settled_encodings(interval_s: float) -> float:
         before = now
 
 
-def measure(model: str, replicas: int | None, images: list[bytes], sizes, clicks: int, **args) -> dict:
+def measure(model: str, replicas: int | None, images: list[bytes], sizes, clicks: int, think_s: float, **args) -> dict:
     interval_s = int(os.environ["RAY_metrics_report_interval_ms"]) / 1000
     with running_service(model, replicas, **args) as url:
-        rows = click_latencies(url, images, sizes, clicks)
+        rows = click_latencies(url, images, sizes, clicks, think_s)
         encodings = settled_encodings(interval_s) - 1  # less the warm-up click's
     first = statistics.median(row[0] for row in rows)
     later = statistics.median(t for row in rows for t in row[1:])
@@ -82,6 +85,9 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--clicks", type=int, default=8)
     parser.add_argument("--replicas", type=int, help="fixed SAM3 replicas (default: the config's autoscaling)")
+    # Annotators take longer than this between clicks; it is also more than Serve's router needs
+    # to learn which replica holds a new image (README: Embedding cache).
+    parser.add_argument("--think-s", type=float, default=0.5, help="pause between clicks")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     model = model_or_tiny(args.model)
@@ -89,8 +95,8 @@ def main() -> None:
 
     images = [p.read_bytes() for p in SAMPLES]
     sizes = [Image.open(p).size for p in SAMPLES]
-    cached = measure(model, args.replicas, images, sizes, args.clicks)
-    uncached = measure(model, args.replicas, images, sizes, args.clicks, embedding_cache_mb=0)
+    cached = measure(model, args.replicas, images, sizes, args.clicks, args.think_s)
+    uncached = measure(model, args.replicas, images, sizes, args.clicks, args.think_s, embedding_cache_mb=0)
 
     print(f"model: {model}   replicas: {args.replicas or 'autoscaled'}   images: {len(images)}   "
           f"clicks per image: {args.clicks}")

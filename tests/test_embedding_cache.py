@@ -91,7 +91,8 @@ def test_the_cache_keeps_its_bound_and_drops_the_least_recently_used_image(clien
 def test_clicks_go_to_the_replica_holding_the_embedding(tmp_path, tiny_model):
     """Two SAM3 replicas (a process of its own, like the autoscaling tests): with the cache every
     image is encoded once however many clicks it gets, summed over both replicas; without it,
-    once per click."""
+    once per click.  The benchmark pauses between clicks as an annotator does, longer than Serve's
+    router needs to learn which replica holds a new image (README: Routing window)."""
     out = tmp_path / "clicks.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/click_latency.py"), "--model", tiny_model, "--replicas", "2",
