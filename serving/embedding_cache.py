@@ -69,7 +69,8 @@ class EmbeddingCache:
         entry = await self._entry(key)
         if entry.embedding is None:
             # Batches of one replica run one at a time (max_concurrent_batches=1), so no other
-            # batch is filling this entry meanwhile.
+            # batch is filling this entry meanwhile.  Encoded alone: the kept tensors are views
+            # of a batch of one, so they hold exactly `embedding_bytes`.
             (entry.embedding,) = await self._encode([items[0].image])
         return [entry.embedding] * len(items)
 
