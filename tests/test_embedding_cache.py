@@ -22,7 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def encoded(client) -> int:
-    return client.info().embedding_cache.images_encoded
+    info = client.info()
+    # The session's service runs one SAM3 replica (test_status checks it too): its count is the total.
+    assert info.replicas["SAM3Model"] == 1
+    return info.embedding_cache.images_encoded
 
 
 def fresh_image(seed: int, shape=(110, 140)) -> np.ndarray:
