@@ -283,6 +283,14 @@ class BatchingInfo(BaseModel):
     batch_wait_timeout_s: float
 
 
+class EmbeddingCacheInfo(BaseModel):
+    """Image embeddings kept for point/box prompts, as the SAM3 replica that answered reports them."""
+
+    capacity: int = Field(description="images one replica keeps (embedding_cache_mb / embedding_bytes); 0: no cache")
+    embedding_bytes: int = Field(description="memory one image's embedding takes with the loaded model and dtype")
+    images_encoded: int = Field(description="vision-encoder runs for point/box prompts on this replica so far")
+
+
 class InfoResponse(BaseModel):
     api_version: str = API_VERSION
     model: str
@@ -292,6 +300,7 @@ class InfoResponse(BaseModel):
     replicas: dict[str, int]
     limits: Limits
     batching: BatchingInfo
+    embedding_cache: EmbeddingCacheInfo | None = None  # None from servers older than the cache
 
 
 class DeploymentStatus(BaseModel):

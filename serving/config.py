@@ -66,3 +66,7 @@ class ServiceConfig(BaseModel):
         if not any(where.is_relative_to(Path(root).resolve()) for root in self.model_roots):
             raise ValueError(f"model {self.model!r} is not inside the allowed model_roots {self.model_roots}")
         return self
+    embedding_cache_mb: float = Field(
+        default=1024, ge=0,
+        description="memory per SAM3 replica for image embeddings kept for later point/box prompts; 0 disables",
+    )

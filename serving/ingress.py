@@ -38,6 +38,7 @@ from sdk.schema import (
 from serving.auth import ApiKeyMiddleware
 from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
+from serving.embedding_cache import image_key
 from serving.errors import install_error_handlers, overloaded, replica_lost
 from serving.http import (
     PayloadLimitMiddleware,
@@ -194,7 +195,11 @@ class Ingress:
             box=params.box.xyxy() if params.box else None,
             multimask=params.multimask,
         )
-        raw = await self._infer(self.model.segment_points.remote(item))
+        model = self.model
+        if self.config.embedding_cache_mb:
+            # Routed to the replica that keeps this image's embedding, when one does.
+            model = model.options(multiplexed_model_id=await run_in_threadpool(image_key, image))
+        raw = await self._infer(model.segment_points.remote(item))
         response = await run_in_threadpool(
             point_masks_response,
             raw,

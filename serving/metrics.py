@@ -15,6 +15,7 @@ LATENCY = "samfleet_request_latency_s"
 INSTANCES = "samfleet_instances_returned"
 BATCH_SIZE = "samfleet_batch_size"
 BATCHED_REQUESTS = "samfleet_batched_requests_total"
+IMAGE_ENCODINGS = "samfleet_image_encodings_total"
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 INSTANCE_BOUNDARIES = [1, 2, 5, 10, 20, 50, 100, 200]
@@ -61,6 +62,11 @@ class BatchMetrics:
     def ran(self, method: str, batch_size: int) -> None:
         self.sizes.observe(batch_size, tags={"method": method})
         self.requests.inc(batch_size, tags={"method": method})
+
+
+def image_encodings() -> Counter:
+    """Recorded by the model deployment: with `segment_points` requests, the embedding cache's hit rate."""
+    return Counter(IMAGE_ENCODINGS, "Images run through the vision encoder for point/box prompts (cache misses)")
 
 
 class RequestMetricsMiddleware:

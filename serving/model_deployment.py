@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from serving.config import ServiceConfig
+from serving.embedding_cache import EmbeddingCache
 from serving.metrics import BatchMetrics
 from serving.model_loader import load_sam3
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
@@ -25,6 +26,7 @@ class SAM3Model:
         self.loaded = load_sam3(self.config)
         self.predictor = Sam3Predictor(self.loaded)
         self.video = Sam3VideoTracker(load_sam3_video(self.loaded, self.config.model))
+        self.embeddings = EmbeddingCache(self.predictor, self.config.embedding_cache_mb)
         self.batches = BatchMetrics(self.config.batching.max_batch_size)
         for batched in (self.segment, self.segment_points):
             batched.set_max_batch_size(self.config.batching.max_batch_size)
@@ -40,7 +42,9 @@ class SAM3Model:
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
         self.batches.ran("segment_points", len(items))
-        return await asyncio.to_thread(self.predictor.segment_points, items)
+        # The image key the ingress sent; Serve splits batches by it, so it is one per batch.
+        embeddings = await self.embeddings.embeddings(items, serve.get_multiplexed_model_id())
+        return await asyncio.to_thread(self.predictor.segment_points, items, embeddings)
 
     async def track_video(self, data: bytes, request: TrackRequest) -> AsyncIterator[TrackedFrame]:
         """Frames as they are computed; call through `handle.options(stream=True)`.
@@ -58,4 +62,5 @@ class SAM3Model:
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "tiny_random_model": self.loaded.tiny,
+            "embedding_cache": self.embeddings.describe(),
         }

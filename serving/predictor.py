@@ -56,6 +56,11 @@ class PointsItem:
     multimask: bool = False
 
 
+# The tracker's feature maps of one image, (1, C, h, w) per level: what `Sam3TrackerModel.forward`
+# takes as `image_embeddings` instead of pixels, so they can be kept and reused for later prompts.
+ImageEmbedding = list[torch.Tensor]
+
+
 @dataclass
 class RawPointMasks:
     masks: np.ndarray  # (K, h, w) mask logits, K = 3 with multimask else 1
@@ -145,20 +150,35 @@ class Sam3Predictor:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def segment_points(self, items: Sequence[PointsItem]) -> list[RawPointMasks]:
+    def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """Each image through the tracker's vision encoder (the expensive part of a point prompt)."""
+        pixel_values = self.m.tracker_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        levels = self.m.tracker.get_image_embeddings(pixel_values.to(self.m.device, self.m.dtype))
+        return [[level[i : i + 1] for level in levels] for i in range(len(images))]
+
+    @torch.inference_mode()
+    def segment_points(
+        self, items: Sequence[PointsItem], embeddings: Sequence[ImageEmbedding] | None = None
+    ) -> list[RawPointMasks]:
+        """`embeddings`: each item's image embedding from `embed` (e.g. kept from an earlier
+        prompt on the same image); encoded here when not given."""
+        if embeddings is None:
+            embeddings = self.embed([it.image for it in items])
         results: list[RawPointMasks | None] = [None] * len(items)
         key = lambda it: (len(it.points), it.box is not None, it.multimask)  # noqa: E731
         for idx in group_indices(items, key):
             group = [items[i] for i in idx]
             first = group[0]
             inputs = self.m.tracker_processor(
-                images=[it.image for it in group],
+                original_sizes=[list(it.image.shape[:2]) for it in group],
                 input_points=[[it.points] for it in group] if first.points else None,
                 input_labels=[[it.point_labels] for it in group] if first.points else None,
                 input_boxes=[[it.box] for it in group] if first.box is not None else None,
                 return_tensors="pt",
             )
-            out = self.m.tracker(**self._to_model(inputs), multimask_output=first.multimask)
+            image_embeddings = [torch.cat(level) for level in zip(*(embeddings[i] for i in idx))]
+            out = self.m.tracker(**self._to_model(inputs), image_embeddings=image_embeddings,
+                                 multimask_output=first.multimask)
             masks = out.pred_masks.float()  # (B, objects=1, K, h, w)
             scores = out.iou_scores.float()  # (B, 1, K)
             for row, i in enumerate(idx):

@@ -31,6 +31,8 @@ TEST_LIMITS = {
     "max_video_frames": 30,
     "max_video_pixels": 100_000,
 }
+# Room for 3 of the tiny model's image embeddings (32 KiB each), so a test can overflow the cache.
+TEST_EMBEDDING_CACHE_MB = 0.1
 
 
 def free_port() -> int:
@@ -93,7 +95,7 @@ def service_config(tmp_path_factory, tiny_model):
 
     raw = yaml.safe_load(default_config_path().read_text())
     app = raw["applications"][0]
-    app["args"].update(model=tiny_model, limits=TEST_LIMITS)
+    app["args"].update(model=tiny_model, limits=TEST_LIMITS, embedding_cache_mb=TEST_EMBEDDING_CACHE_MB)
     # A long batch window makes concurrent test requests land in one batch.
     app["args"]["batching"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}
     raw["http_options"]["port"] = free_port()

@@ -1,0 +1,115 @@
+"""Interactive clicks on one image: latency of the first point prompt (vision encoder + mask
+decoder) vs. the 2nd..Nth, with the embedding cache and with it disabled, in one run.
+
+    python benchmarks/click_latency.py [--model DIR_OR_ID] [--clicks 8] [--images 3] [--replicas 1] [--json FILE]
+
+Starts samfleet twice (cache on with the packaged `embedding_cache_mb`, then 0), clicks
+`--clicks` times at random points on each sample image in turn, one click at a time as an
+annotator does, and prints median milliseconds per click position, the ratios, and how many
+images went through the vision encoder (Prometheus counter, summed over every replica: with the
+cache and any number of replicas it is one per image when clicks are routed to the replica
+holding the embedding).  Defaults to the tiny random model on CPU, whose encoder is cheap: the
+ratio understates full-size SAM3's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Quick metric exports, so the encoder count settles seconds after the last click.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+
+from common import SAMPLES, model_or_tiny, running_service  # noqa: E402
+from sdk import Client  # noqa: E402
+from serving import cluster_metrics  # noqa: E402
+from serving.metrics import IMAGE_ENCODINGS  # noqa: E402
+
+ENCODINGS = f"ray_{IMAGE_ENCODINGS}"
+
+
+def click_latencies(
+    url: str, images: list[bytes], sizes: list[tuple[int, int]], clicks: int, think_s: float
+) -> list[list[float]]:
+    """Seconds per click: one row per image, one column per click position."""
+    rng = np.random.default_rng(0)
+    rows = []
+    with Client(url, timeout=900) as client:  # full-size SAM3 on a CPU takes minutes per image
+        client.segment_points(np.zeros((64, 64, 3), np.uint8), [[1, 1]])  # warm-up, on an image of its own
+        for image, (width, height) in zip(images, sizes):
+            row = []
+            for _ in range(clicks):
+                point = [float(rng.uniform(0, width)), float(rng.uniform(0, height))]
+                t = time.perf_counter()
+                client.segment_points(image, [point])
+                row.append(time.perf_counter() - t)
+                time.sleep(think_s)
+            rows.append(row)
+    return rows
+
+
+def settled_encodings(interval_s: float) -> float:
+    """Vision-encoder runs summed over every replica, once two exports in a row agree."""
+    def scrape() -> float:
+        samples = asyncio.run(cluster_metrics.scrape(cluster_metrics.node_metric_urls()))
+        return sum(s.value for s in samples if s.name == ENCODINGS)
+
+    before = scrape()
+    while True:
+        time.sleep(interval_s + 1)
+        if (now := scrape()) == before:
+            return now
+        before = now
+
+
+def measure(model: str, replicas: int | None, images: list[bytes], sizes, clicks: int, think_s: float, **args) -> dict:
+    interval_s = int(os.environ["RAY_metrics_report_interval_ms"]) / 1000
+    with running_service(model, replicas, **args) as url:
+        rows = click_latencies(url, images, sizes, clicks, think_s)
+        encodings = settled_encodings(interval_s) - 1  # less the warm-up click's
+    first = statistics.median(row[0] for row in rows)
+    later = statistics.median(t for row in rows for t in row[1:])
+    return {"first_click_s": first, "later_clicks_s": later, "images_encoded": encodings,
+            "clicks": len(rows) * clicks, "images": len(rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--clicks", type=int, default=8)
+    parser.add_argument("--images", type=int, default=len(SAMPLES), help="how many of the sample images")
+    parser.add_argument("--replicas", type=int, help="fixed SAM3 replicas (default: the config's autoscaling)")
+    # Annotators take longer than this between clicks; it is also more than Serve's router needs
+    # to learn which replica holds a new image (README: Embedding cache).
+    parser.add_argument("--think-s", type=float, default=0.5, help="pause between clicks")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    model = model_or_tiny(args.model)
+    from PIL import Image
+
+    paths = SAMPLES[: args.images]
+    images = [p.read_bytes() for p in paths]
+    sizes = [Image.open(p).size for p in paths]
+    cached = measure(model, args.replicas, images, sizes, args.clicks, args.think_s)
+    uncached = measure(model, args.replicas, images, sizes, args.clicks, args.think_s, embedding_cache_mb=0)
+
+    print(f"model: {model}   replicas: {args.replicas or 'autoscaled'}   images: {len(images)}   "
+          f"clicks per image: {args.clicks}")
+    print(f"{'':16}{'click 1 ms':>12}{'clicks 2..N ms':>16}{'1 / 2..N':>10}{'encoder runs':>14}")
+    for name, r in (("cache on", cached), ("cache off", uncached)):
+        print(f"{name:16}{r['first_click_s'] * 1000:12.1f}{r['later_clicks_s'] * 1000:16.1f}"
+              f"{r['first_click_s'] / r['later_clicks_s']:10.2f}{r['images_encoded']:>9.0f} / {r['clicks']}")
+    print(f"clicks 2..N, cache off / cache on: {uncached['later_clicks_s'] / cached['later_clicks_s']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"cache_on": cached, "cache_off": uncached}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Embedding cache for point/box prompts: the image is encoded once, later clicks reuse it (on
+the replica that holds it), results equal uncached ones, the cache stays within its bound."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import reference as ref_impl
+from conftest import TEST_EMBEDDING_CACHE_MB
+from sdk import decode_mask
+from test_served_equals_inprocess import MAX_MASK_MISMATCH
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoded(client) -> int:
+    info = client.info()
+    # The session's service runs one SAM3 replica (test_status checks it too): its count is the total.
+    assert info.replicas["SAM3Model"] == 1
+    return info.embedding_cache.images_encoded
+
+
+def fresh_image(seed: int, shape=(110, 140)) -> np.ndarray:
+    """An image no other test sends, so it cannot be in the cache already."""
+    return (np.random.default_rng(1000 + seed).random((*shape, 3)) * 255).astype(np.uint8)
+
+
+def assert_equals_reference(served, expected) -> None:
+    assert len(served.instances) == len(expected["scores"])
+    for inst, score, mask in zip(served.instances, expected["scores"], expected["masks"]):
+        np.testing.assert_allclose(inst.score, score, atol=1e-4)
+        assert (decode_mask(inst.mask) != mask).mean() <= MAX_MASK_MISMATCH
+
+
+def test_the_cache_size_comes_from_one_embedding_of_the_loaded_model(client):
+    cache = client.info().embedding_cache
+    assert cache.embedding_bytes > 0
+    assert cache.capacity == int(TEST_EMBEDDING_CACHE_MB * 2**20 // cache.embedding_bytes) == 3
+
+
+def test_later_clicks_reuse_the_embedding_and_equal_uncached_results(client, reference):
+    image = fresh_image(0)
+    clicks = [
+        {"points": [[30, 40]], "labels": [1]},
+        {"points": [[30, 40], [100, 90]], "labels": [1, 0], "multimask": True},
+        {"box": [20, 20, 120, 100]},
+        {"points": [[60, 50]], "labels": [1], "box": [20, 20, 120, 100]},
+    ]
+    before = encoded(client)
+    for n, kwargs in enumerate(clicks, start=1):
+        # What transformers gives encoding the image for this prompt alone (no cache anywhere).
+        expected = ref_impl.segment_points(reference, image, **kwargs)
+        points = kwargs.pop("points", [])
+        served = client.segment_points(image, points, **kwargs)
+        assert encoded(client) == before + 1, f"click {n} ran the vision encoder again"
+        assert_equals_reference(served, expected)
+
+
+def test_a_different_image_is_encoded_and_the_same_pixels_in_another_format_are_not(client):
+    image, other = fresh_image(1), fresh_image(2)
+    before = encoded(client)
+    client.segment_points(image, [[10, 10]])
+    client.segment_points(other, [[10, 10]])
+    assert encoded(client) == before + 2
+    # The key is the decoded pixels: the same picture as a BMP file is a hit.
+    bmp = io.BytesIO()
+    Image.fromarray(image).save(bmp, format="BMP")
+    client.segment_points(bmp.getvalue(), [[20, 20]])
+    assert encoded(client) == before + 2
+
+
+def test_the_cache_keeps_its_bound_and_drops_the_least_recently_used_image(client):
+    capacity = client.info().embedding_cache.capacity
+    images = [fresh_image(10 + k) for k in range(capacity + 1)]
+    before = encoded(client)
+    for image in images:  # one more than fits: the first one is dropped
+        client.segment_points(image, [[5, 5]])
+    assert encoded(client) == before + capacity + 1
+    client.segment_points(images[-1], [[6, 6]])
+    assert encoded(client) == before + capacity + 1, "the newest image was dropped"
+    client.segment_points(images[0], [[6, 6]])
+    assert encoded(client) == before + capacity + 2, "the oldest image was kept beyond the bound"
+
+
+@pytest.mark.timeout(600)
+def test_clicks_go_to_the_replica_holding_the_embedding(tmp_path, tiny_model):
+    """Two SAM3 replicas (a process of its own, like the autoscaling tests): with the cache every
+    image is encoded once however many clicks it gets, summed over both replicas; without it,
+    once per click.  The clicks are 1.5 s apart, as an annotator's are: well past the moment Serve's
+    router needs to learn which replica holds a new image, even on a loaded machine (README:
+    Routing window)."""
+    out = tmp_path / "clicks.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/click_latency.py"), "--model", tiny_model, "--replicas", "2",
+         "--clicks", "4", "--think-s", "1.5", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=540,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    on, off = figures["cache_on"], figures["cache_off"]
+    assert on["images_encoded"] == on["images"] > 0, done.stdout
+    assert off["images_encoded"] == off["clicks"] == 4 * off["images"]
