@@ -224,7 +224,7 @@ class Limits(BaseModel):
 
 class TrackParams(_Strict):
     """Track objects through a video: every instance of a text prompt (detected on every frame, each
-    object keeping its id), or one object clicked on frame `frame` (followed forward from there)."""
+    object keeping its id), and/or one object clicked on frame `frame` (followed forward from there)."""
 
     prompt: str | None = Field(default=None, description="Noun phrase to find and track, e.g. 'red bus'.")
     points: list[Point] = Field(default_factory=list, description="Clicks on frame `frame` marking one object.")
@@ -237,9 +237,9 @@ class TrackParams(_Strict):
         return SegmentParams._prompt_not_blank(value)
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> "TrackParams":
-        if (self.prompt is None) == (not self.points):
-            raise ValueError("give a text prompt or points (one of the two)")
+    def _has_prompt(self) -> "TrackParams":
+        if self.prompt is None and not self.points:
+            raise ValueError("give a text prompt, points, or both")
         return self
 
 

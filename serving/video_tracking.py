@@ -10,7 +10,8 @@ no frame is decoded before it is needed); tests put a deterministic double behin
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -61,10 +62,32 @@ class VideoTracker(Protocol):
 
 def track_video(data: bytes, request: TrackRequest, tracker: VideoTracker, max_frames: int) -> Iterator[TrackedFrame]:
     """`tracker` run on the video file `data` from frame `request.frame`, at most `max_frames` frames
-    decoded in all (the probe on the ingress refused longer videos; this bounds a lying container)."""
+    decoded in all (the probe on the ingress refused longer videos; this bounds a lying container).
+
+    A text prompt and points together run as two trackings of the same frames (every instance of
+    the prompt, plus the clicked object), in step.  Object ids are the service's own: numbered
+    from 1 in order of first appearance (0 stays free for background in id images) and never
+    shared between the two trackings."""
     frames = iter_frames(data, request.frame, max_frames)
-    for index, (masks, ids, scores, labels) in enumerate(tracker.track(frames, request), start=request.frame):
-        yield TrackedFrame.of(index, masks, ids, scores, labels)
+    ids: dict[tuple[int, int], int] = {}
+    for index, parts in enumerate(_trackings(tracker, frames, request), start=request.frame):
+        masks, object_ids, scores, labels = [], [], [], []
+        for source, (part_masks, part_ids, part_scores, part_labels) in enumerate(parts):
+            masks.append(part_masks)
+            object_ids += [ids.setdefault((source, raw), len(ids) + 1) for raw in part_ids]
+            scores += part_scores
+            labels += part_labels
+        yield TrackedFrame.of(index, np.concatenate(masks), object_ids, scores, labels)
+
+
+def _trackings(tracker: VideoTracker, frames: Iterable[np.ndarray], request: TrackRequest) -> Iterator[tuple]:
+    """Per frame, the output of each tracking the request needs."""
+    if request.prompt is None or not request.points:
+        return zip(tracker.track(frames, request))
+    # tee keeps at most one frame: the two trackings advance together.
+    by_text, by_points = itertools.tee(frames)
+    return zip(tracker.track(by_text, replace(request, points=[], point_labels=[])),
+               tracker.track(by_points, replace(request, prompt=None)))
 
 
 class Sam3VideoTracker:
@@ -76,7 +99,7 @@ class Sam3VideoTracker:
         self.m = loaded
 
     def track(self, frames: Iterable[np.ndarray], request: TrackRequest):
-        run = self._text if request.prompt is not None else self._points
+        run = self._text if request.prompt is not None else self._points  # track_video splits the two
         # Inference mode per frame, not around the generator: it is thread-local, and the
         # generator may be resumed from another worker thread.
         yield from run(frames, request)

@@ -10,7 +10,7 @@ from schemathesis.checks import not_a_server_error
 
 from serving.ingress import api
 
-EXAMPLES_PER_OPERATION = 40  # bounded: the suite must stay fast; hypothesis shrinks what it finds
+EXAMPLES_PER_OPERATION = 20  # bounded: the suite must stay fast; hypothesis shrinks what it finds
 
 # The document the service publishes, built from the same app in this process, so the test
 # operations are known when pytest collects them (before the service has started).

@@ -56,17 +56,23 @@ def overlaps(wanted: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.n
     return inter / (area + e.sum(1)[None] - inter), inter / area
 
 
+def splitting(values: np.ndarray) -> float:
+    top = np.unique(values)[-2:]
+    return float(top.mean())
+
+
 def test_negative_prompt_drops_the_instances_overlapping_it(client, reference, images):
     image = images[0]
     wanted = ref_impl.segment(reference, image, prompt="person", threshold=0.0)
     excluded = ref_impl.segment(reference, image, prompt="mannequin", threshold=0.0)
     iou, inside = overlaps(wanted["masks"], excluded["masks"])
-    # Thresholds that split this random model's instances, so the test sees both outcomes.
-    cut = float(np.median(iou.max(axis=1)))
-    drop = ((iou >= cut) | (inside >= 0.95)).any(axis=1)
+    # Thresholds that split this random model's instances, so the test sees both outcomes: each
+    # halfway between the two highest overlaps, far from any instance's value.
+    cut, containment = splitting(iou.max(axis=1)), splitting(inside.max(axis=1))
+    drop = ((iou >= cut) | (inside >= containment)).any(axis=1)
     assert 0 < drop.sum() < len(drop)
     served = client.segment(image, "person", negative_prompts=["mannequin"], negative_iou=cut,
-                            negative_containment=0.95, threshold=0.0)
+                            negative_containment=containment, threshold=0.0)
     kept = {k: v[~drop] for k, v in wanted.items()}
     assert_same_instances(served, kept, image)
     assert all(i.label == "person" for i in served.instances)

@@ -72,6 +72,17 @@ def test_double_keeps_each_object_id_across_frames(clip, request_):
             assert (decoded & mask).sum() / (decoded | mask).sum() == 1.0  # lossless clip: exact
 
 
+def test_text_and_points_together_track_the_clicked_object_besides_every_instance(clip):
+    data, truth = clip
+    both = TrackRequest(prompt="red square", points=[[6, 8]], point_labels=[1])
+    for t in track_video(data, both, MovingBlobTrackerDouble(), max_frames=100):
+        line = frame_line(t, len(truth), "rle")
+        assert [(i.object_id, i.label) for i in line.instances] == [(1, "red square"), (2, "red square"), (3, "object")]
+        masks = [decode_mask(i.mask) for i in line.instances]
+        assert np.array_equal(masks[0], truth[t.frame_index][0]) and np.array_equal(masks[1], truth[t.frame_index][1])
+        assert np.array_equal(masks[2], truth[t.frame_index][0]), "the clicked square, tracked on its own"
+
+
 def test_decoding_stops_at_max_frames(clip):
     data, _ = clip
     assert len(list(track_video(data, TrackRequest(prompt="red"), MovingBlobTrackerDouble(), max_frames=3))) == 3
@@ -79,8 +90,9 @@ def test_decoding_stops_at_max_frames(clip):
 
 # (2) end to end through HTTP with the tiny SAM3 --------------------------------------------------
 
-@pytest.mark.parametrize("params", [{"points": [{"x": 8, "y": 8}], "frame": 1}, {"prompt": "red square"}],
-                         ids=["points", "text"])
+@pytest.mark.parametrize("params", [{"points": [{"x": 8, "y": 8}], "frame": 1}, {"prompt": "red square"},
+                                    {"prompt": "red square", "points": [{"x": 8, "y": 8}]}],
+                         ids=["points", "text", "both"])
 def test_served_stream_equals_inprocess_tracking(service, clip, sam3_video_tracker, params):
     data, truth = clip
     lines = lines_of(post(service, data, params))
@@ -127,7 +139,7 @@ def test_sdk_iterators_equal_the_stream(service, client, clip):
 
     assert asyncio.run(collect()) == served
     with pytest.raises(ValidationError):
-        list(client.track_video(data, "car", points=[[8, 8]]))
+        list(client.track_video(data))
     with pytest.raises(APIError) as err:
         list(client.track_video(data, points=[[8, 8]], frame=99))
     assert err.value.status == 422 and err.value.code == "out_of_range"
