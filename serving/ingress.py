@@ -39,7 +39,7 @@ from serving.auth import ApiKeyMiddleware
 from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
 from serving.embedding_cache import image_key
-from serving.errors import install_error_handlers, overloaded, replica_lost
+from serving.errors import ServiceError, install_error_handlers, overloaded, replica_lost
 from serving.http import (
     PayloadLimitMiddleware,
     check_box_inside,
@@ -49,7 +49,6 @@ from serving.http import (
     read_image_request,
     read_video_request,
 )
-from serving.errors import ServiceError
 from serving.images import decode_image
 from serving.metrics import RequestMetrics, RequestMetricsMiddleware
 from serving.model_loader import load_processors
