@@ -68,10 +68,24 @@ def plugin(fiftyone_db):
     return "@samfleet/sam3"
 
 
+# Every process this test session starts inherits this marker, even once orphaned, so the leak
+# checks below see our Ray daemons and never another session's on the same machine.
+SESSION_MARKER = f"SAMFLEET_TEST_SESSION={os.getpid()}-{time.time_ns()}"
+os.environ["SAMFLEET_TEST_SESSION"] = SESSION_MARKER.split("=", 1)[1]
+
+
+def started_by_this_session(pid: int) -> bool:
+    try:
+        return SESSION_MARKER.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone already, or not ours to read
+        return False
+
+
 def ray_processes() -> set[int]:
-    """PIDs of Ray's node daemons on this machine."""
+    """PIDs of the Ray node daemons this test session started."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in out.splitlines() if "raylet" in line or "gcs_server" in line}
+    daemons = (int(line.split()[0]) for line in out.splitlines() if "raylet" in line or "gcs_server" in line)
+    return {pid for pid in daemons if started_by_this_session(pid)}
 
 
 def wait_for_ray_exit(before: set[int], timeout_s: float = 30) -> set[int]:
