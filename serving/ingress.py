@@ -227,11 +227,20 @@ class Ingress:
         item = TrackRequest(prompt=params.prompt, points=[[p.x, p.y] for p in params.points],
                             point_labels=[int(p.label == "positive") for p in params.points], frame=params.frame)
         frames = self.model.options(stream=True).track_video.remote(data, item)
+        # A full queue or a lost replica shows on the first frame: answered as a 503 status, which
+        # clients retry, rather than as a failed stream after a 200.
+        first = await self._infer(anext(frames, None))
+
+        async def tracked_frames():
+            if first is not None:
+                yield first
+                async for tracked in frames:
+                    yield tracked
 
         async def lines():
             sent, object_ids = 0, set()
             try:
-                async for tracked in frames:
+                async for tracked in tracked_frames():
                     line = await run_in_threadpool(frame_line, tracked, video.frames, params.mask_format)
                     sent, object_ids = sent + 1, object_ids | set(tracked.object_ids)
                     yield ndjson(line)

@@ -88,6 +88,16 @@ def ray_processes() -> set[int]:
     return {pid for pid in daemons if started_by_this_session(pid)}
 
 
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.5):
+    """Poll until `condition()` is truthy and return its value; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+    return value
+
+
 def wait_for_ray_exit(before: set[int], timeout_s: float = 30) -> set[int]:
     """Ray processes started since `before` that are still alive after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -103,6 +113,13 @@ def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-sam3")))
 
 
+def one_model_replica(app: dict, **options) -> None:
+    """The SAM3Model deployment of a Serve config's `app`: one replica, no autoscaling, `options`."""
+    model = next(d for d in app["deployments"] if d["name"] == "SAM3Model")
+    model.pop("autoscaling_config")
+    model.update(num_replicas=1, **options)
+
+
 @pytest.fixture(scope="session")
 def service_config(tmp_path_factory, tiny_model):
     from serving.runner import default_config_path
@@ -112,6 +129,9 @@ def service_config(tmp_path_factory, tiny_model):
     app["args"].update(model=tiny_model, limits=TEST_LIMITS, embedding_cache_mb=TEST_EMBEDDING_CACHE_MB)
     # A long batch window makes concurrent test requests land in one batch.
     app["args"]["batching"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}
+    # One model replica whatever load earlier tests sent, so tests see the same service in any
+    # order; scaling is tested on services of its own (test_autoscaling).
+    one_model_replica(app)
     raw["http_options"]["port"] = free_port()
     path = tmp_path_factory.mktemp("config") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from compare import assert_results_match
+from conftest import ray_processes, wait_for, wait_for_ray_exit
 from sdk.manifest import MANIFEST_NAME, Fingerprint, Manifest, ManifestMismatch
 from sdk.results import Result
+from service_process import service_process
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 200
@@ -53,13 +53,6 @@ def manifest_records(out: Path) -> list[dict]:
 
 def done_files(out: Path) -> list[str]:
     return [r["file"] for r in manifest_records(out) if r["status"] == "done"]
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def load_results(out: Path) -> dict[str, Result]:
@@ -117,27 +110,58 @@ def test_folder_run_reports_progress_and_the_broken_image(uninterrupted, folder)
     assert_outputs_consistent(out, files, ["thing"])
 
 
-def test_killed_run_resumes_without_loss_or_duplicates(service, folder, uninterrupted, tmp_path):
-    src, files = folder
-    out = tmp_path / "out"
-    cmd = annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress")
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    finished_before = len(set(done_files(out)))
-    assert finished_before < N_IMAGES, "the kill came too late to test anything"
+def stopped_partway(out: Path) -> int:
+    """How many images a stopped run finished (each recorded once)."""
+    finished = len(set(done_files(out)))
+    assert 0 < finished < N_IMAGES, "the stop came too late (or too early) to test anything"
+    return finished
 
-    again = run(cmd)
+
+def assert_resumes(service: str, folder, uninterrupted, out: Path, finished_before: int) -> None:
+    """The same command, run again, does exactly the images left, and the outputs are complete."""
+    src, files = folder
+    again = run(annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress"))
     assert f"done {N_IMAGES - finished_before}, skipped {finished_before}" in again.stdout, again.stdout
-    done = done_files(out)
-    assert sorted(done) == sorted(files), "each image is recorded done exactly once"
+    assert sorted(done_files(out)) == sorted(files), "each image is recorded done exactly once"
     assert_outputs_consistent(out, files, ["thing"])
     reference = load_results(uninterrupted[0])
     for file, result in load_results(out).items():
         assert_results_match(result, reference[file])
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(service, folder, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen(annotate(service, folder[0], "--out", out, *PROMPT, "--concurrency", "16", "--no-progress"),
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images", interval_s=0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert_resumes(service, folder, uninterrupted, out, stopped_partway(out))
+
+
+def test_service_stopped_mid_run_then_the_same_command_resumes(service, service_config, folder, uninterrupted,
+                                                               tmp_path):
+    """The whole service dies mid-batch (every process of it, Ray included): the CLI ends with an
+    error that says how to resume, keeping what finished; run again once a service is up, it
+    finishes the rest."""
+    out = tmp_path / "out"
+    ray_before = ray_processes()
+    with service_process(service_config, tmp_path / "service.log") as doomed:
+        running = subprocess.Popen(annotate(doomed.url, folder[0], "--out", out, *PROMPT, "--concurrency", "16",
+                                            "--no-progress"), cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images", interval_s=0.1)
+            doomed.kill()
+            _, stderr = running.communicate(timeout=120)  # the SDK's retries give up, the run ends
+        finally:
+            running.kill()
+    assert running.returncode == 1, stderr
+    assert "finished images are kept; run the same command again to resume" in stderr, stderr
+    assert not wait_for_ray_exit(ray_before), "the killed service left Ray processes behind"
+    assert_resumes(service, folder, uninterrupted, out, stopped_partway(out))
 
 
 def model_replicas() -> list[dict]:
@@ -162,7 +186,7 @@ def test_model_replica_killed_mid_run_is_replaced_and_every_image_done_once(serv
     out = tmp_path / "out"
     cmd = annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress")
     running = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images")
+    wait_for(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images", interval_s=0.1)
     killed = kill_model_replica()
     stdout, stderr = running.communicate(timeout=600)
     assert len(done_files(out)) > N_IMAGES // 4
@@ -250,9 +274,9 @@ def test_watch_annotates_images_as_they_arrive(service, tmp_path):
     watcher = subprocess.Popen(annotate(service, src, "--out", out, *PROMPT, "--watch", "--interval", "0.2"),
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: len(done_files(out)) == 2, 60, "the first images")
+        wait_for(lambda: len(done_files(out)) == 2, 60, "the first images", interval_s=0.1)
         later = [p.relative_to(src).as_posix() for p in write_images(src, 3, seed=1, start=10)]
-        wait_until(lambda: len(done_files(out)) == 5, 60, "the images dropped in later")
+        wait_for(lambda: len(done_files(out)) == 5, 60, "the images dropped in later", interval_s=0.1)
         watcher.send_signal(signal.SIGTERM)  # what a process manager sends
         stdout, stderr = watcher.communicate(timeout=60)
     finally:

@@ -13,8 +13,8 @@ import fiftyone.operators as foo
 import httpx
 import pytest
 
-from conftest import free_port
-from test_fiftyone_plugin import PROMPT_TEXT, THRESHOLD, op, wait_for
+from conftest import free_port, wait_for
+from test_fiftyone_plugin import PROMPT_TEXT, THRESHOLD, op
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

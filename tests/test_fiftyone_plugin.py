@@ -7,24 +7,23 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from compare import MAX_MASK_MISMATCH, SCORE_ATOL
-from conftest import free_port, ray_processes, wait_for_ray_exit
+from conftest import ray_processes, wait_for, wait_for_ray_exit
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 from fiftyone_plugin import curation
 from fiftyone_plugin.labels import full_mask, pixel_box, to_detections
 from sdk import Client
+from service_process import service_process
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "@samfleet/sam3"
@@ -259,22 +258,6 @@ def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, t
     png.delete()
 
 
-def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
-    return value
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def labelled(ds: fo.Dataset) -> int:
     ds.reload()  # another process (the delegated executor) writes the labels
     return len(ds.exists("sam3")) if ds.has_field("sam3") else 0
@@ -283,17 +266,9 @@ def labelled(ds: fo.Dataset) -> int:
 def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin, service, service_config, tmp_path):
     ds = fo.Dataset("delegated-run", overwrite=True)
     ds.add_samples([fo.Sample(filepath=str(p)) for p in write_images(tmp_path / "images", 60, seed=5)])
-    port = free_port()
     ray_before = ray_processes()
-    # Its own session, so that killing the group takes the embedded Ray (raylet, workers) with it.
-    doomed = subprocess.Popen([sys.executable, "-m", "sdk.cli", "serve", "--config", str(service_config),
-                               "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
-    executor = None
-    try:
-        doomed_url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: healthy(doomed_url) or doomed.poll() is not None, 300, "the second service")
-        assert doomed.poll() is None, doomed.stderr.read().decode()[-3000:]
+    with service_process(service_config, tmp_path / "service.log") as doomed:
+        doomed_url = doomed.url
         params = {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": doomed_url, "concurrency": 2, "chunk_size": 4}
         queued = foo.execute_operator(op("segment_with_sam3"), dataset=ds, request_delegation=True, params=params)
         assert queued.delegated
@@ -304,22 +279,18 @@ def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin,
         executor = subprocess.Popen([str(Path(sys.executable).parent / "fiftyone"), "delegated", "launch"],
                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: labelled(ds) >= 8, 300, "the first chunks", interval_s=0.1)
-        except AssertionError as exc:
-            state = DelegatedOperationService().get(operation.id)
-            raise AssertionError(f"{exc}; operation {state.run_state}: {state.result}\n{log.read_text()[-3000:]}")
-        os.killpg(doomed.pid, signal.SIGKILL)  # the whole service dies mid-run
-        doomed.wait(60)
-        failed = wait_for(lambda: (o := DelegatedOperationService().get(operation.id)).run_state == ExecutionRunState.FAILED
-                          and o, 180, "the delegated run to fail")
-        assert "ConnectionError" in failed.result.error and doomed_url in failed.result.error
-    finally:
-        if executor is not None:
+            try:
+                wait_for(lambda: labelled(ds) >= 8, 300, "the first chunks", interval_s=0.1)
+            except AssertionError as exc:
+                state = DelegatedOperationService().get(operation.id)
+                raise AssertionError(f"{exc}; operation {state.run_state}: {state.result}\n{log.read_text()[-3000:]}")
+            doomed.kill()  # the whole service dies mid-run
+            failed = wait_for(lambda: (o := DelegatedOperationService().get(operation.id)).run_state
+                              == ExecutionRunState.FAILED and o, 180, "the delegated run to fail")
+            assert "ConnectionError" in failed.result.error and doomed_url in failed.result.error
+        finally:
             os.killpg(executor.pid, signal.SIGTERM)
             executor.wait(60)
-        if doomed.poll() is None:
-            os.killpg(doomed.pid, signal.SIGKILL)
-            doomed.wait(60)
     assert not wait_for_ray_exit(ray_before), "the killed service left Ray processes behind"
     kept = labelled(ds)
     assert 8 <= kept < len(ds), "the run must have stopped partway, keeping its saved chunks"

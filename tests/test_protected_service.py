@@ -4,10 +4,6 @@ service in its own process (its own Ray), a queue of 2 so that a burst overflows
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,11 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import one_model_replica
 from sdk import APIError, Client, RetryPolicy
-from serving import runner
+from sdk.schema import TrackLine, VideoSummary
 from serving.auth import new_key
+from service_process import service_process
 from test_bad_input import assert_error, png
+from video_double import moving_squares_clip
 
 BURST = 40
 
@@ -37,46 +35,28 @@ def protected(tmp_path_factory, tiny_model):
     app = raw["applications"][0]
     app["args"].update(model=tiny_model, batching={"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                        auth={"api_key_hashes": [KEY_HASH]})
-    model = next(d for d in app["deployments"] if d["name"] == "SAM3Model")
-    model.update(max_ongoing_requests=1, max_queued_requests=2, backpressure_config={"retry_after_s": 1})
-    model.pop("autoscaling_config")
-    model["num_replicas"] = 1
-    port = free_port()
-    raw["http_options"]["port"] = port
+    one_model_replica(app, max_ongoing_requests=1, max_queued_requests=2, backpressure_config={"retry_after_s": 1})
     config = tmp / "protected.yaml"
     config.write_text(yaml.safe_dump(raw))
-    url, log = f"http://127.0.0.1:{port}", tmp / "service.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "serve", "--config", str(config)],
-                                stdout=stderr, stderr=stderr, start_new_session=True)
-    try:
-        runner.wait_healthy(url, time.monotonic() + 240)
-        yield url, log
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:  # a stuck shutdown must not leave its Ray behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with service_process(config, tmp / "service.log") as running:
+        yield running.url, running.log
 
 
-async def burst(url: str, image: bytes) -> list[tuple[int, float, httpx.Response]]:
+async def burst(url: str, path: str, **request) -> list[tuple[int, float, httpx.Response]]:
+    """BURST requests at once: (status, seconds, response) of each."""
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers,
                                  limits=httpx.Limits(max_connections=BURST)) as http:
         async def one():
             started = time.perf_counter()
-            response = await http.post("/v1/segment", files={"image": ("i", image)}, data={"params": '{"prompt": "x"}'})
+            response = await http.post(path, **request)
             return response.status_code, time.perf_counter() - started, response
 
         return await asyncio.gather(*(one() for _ in range(BURST)))
 
 
-def test_full_queue_answers_503_with_retry_after_and_the_sdk_gets_through(protected):
-    url, _ = protected
-    image = png(320, 240)
-    results = asyncio.run(burst(url, image))
+def assert_refused_at_once(results: list[tuple[int, float, httpx.Response]]) -> None:
+    """Some requests served, the others refused with 503 `overloaded` and Retry-After, quickly."""
     statuses = sorted({status for status, _, _ in results})
     assert statuses == [200, 503], statuses
     refused = [(took, r) for status, took, r in results if status == 503]
@@ -86,6 +66,13 @@ def test_full_queue_answers_503_with_retry_after_and_the_sdk_gets_through(protec
         assert response.json()["error"]["code"] == "overloaded"
     # Refusals come back at once; they do not wait for the queue to drain.
     assert np.median([took for took, _ in refused]) < np.median(served)
+
+
+def test_full_queue_answers_503_with_retry_after_and_the_sdk_gets_through(protected):
+    url, _ = protected
+    image = png(320, 240)
+    assert_refused_at_once(asyncio.run(burst(url, "/v1/segment", files={"image": ("i", image)},
+                                             data={"params": '{"prompt": "x"}'})))
     with Client(url, api_key=KEY, retry=RetryPolicy(max_retries=30, base_delay_s=0.2, max_delay_s=2)) as client:
         items = list(client.segment_many([image] * BURST, "x", concurrency=BURST, progress=False))
     assert [item.error for item in items if not item.ok] == []
@@ -108,3 +95,13 @@ def test_api_key_is_required_everywhere_but_healthz(protected):
     with Client(url, api_key=KEY) as client:
         assert client.info().model == client.segment(png(), "cat").model
     assert KEY not in log.read_text(), "the key was logged"
+
+
+def test_full_queue_refuses_video_tracking_with_503_not_a_failed_stream(protected):
+    url, _ = protected
+    results = asyncio.run(burst(url, "/v1/video/track", files={"video": ("clip.mkv", moving_squares_clip(4)[0])},
+                                data={"params": '{"points": [{"x": 8, "y": 8}]}'}))
+    assert_refused_at_once(results)
+    for status, _, response in results:
+        if status == 200:  # every stream that started ran to its summary
+            assert isinstance(TrackLine.model_validate_json(response.text.splitlines()[-1]).root, VideoSummary)

@@ -11,6 +11,7 @@ import time
 
 import httpx
 
+from conftest import wait_for
 from serving import cluster_metrics
 
 SEGMENT = "/v1/segment"
@@ -41,15 +42,6 @@ def settled_scrape(*counters: str) -> list[cluster_metrics.Sample]:
         first = second
 
 
-def wait_for(condition, timeout_s: float = 45):
-    """Ray exports metrics every few seconds: poll until `condition()` returns a truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "the metrics never showed the expected values"
-        time.sleep(1)
-    return value
-
-
 def test_metrics_count_requests_errors_and_batches(service, client, images):
     ok = "ray_samfleet_requests_total"
     before = settled_scrape(ok, "ray_samfleet_batched_requests_total", "ray_samfleet_batch_size_count")
@@ -70,7 +62,7 @@ def test_metrics_count_requests_errors_and_batches(service, client, images):
                 and total(now, "ray_samfleet_batched_requests_total", method="segment") >= batched_images + len(images))
         return now if seen else None
 
-    now = wait_for(updated)
+    now = wait_for(updated, 45, "the metrics to show the requests", interval_s=1)
     assert total(now, ok, endpoint=SEGMENT, status="200") == answered + len(images)
     assert total(now, ok, endpoint=SEGMENT, status="422") == refused + 1
     assert total(now, "ray_samfleet_request_latency_s_count", endpoint=SEGMENT) >= answered + refused + len(images) + 1
@@ -95,7 +87,7 @@ def test_status_reports_replicas_load_and_throughput(client, images):
         rate = client.status().throughput
         return rate if rate and rate.images_per_s > 0 else None
 
-    rate = wait_for(measured, timeout_s=90)
+    rate = wait_for(measured, 90, "a measured throughput", interval_s=1)
     assert rate.window_s > 0
     assert rate.mean_batch_size is not None and 1 <= rate.mean_batch_size <= 4  # the tests' max_batch_size
 
