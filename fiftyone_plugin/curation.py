@@ -1,5 +1,6 @@
 """Reviewing SAM3 labels: accept/reject as label tags, a saved "needs review" view, counts per
-prompt, and export of what survived review with FiftyOne's own exporters."""
+prompt, and export of what survived review with FiftyOne's own exporters.  Review works on video
+frame labels too (`frames.<field>`); export is for images."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Literal
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
+import fiftyone.core.media as fom
 from fiftyone import ViewField as F
 
 ACCEPTED = "accepted"
@@ -65,6 +67,9 @@ def export_labels(collection: foc.SampleCollection, label_field: str, export_dir
     non-crowd masks).  png: FiftyOne's image segmentation export, one PNG per image whose pixel
     values are the prompt index given in the export's `mask_targets` (lossless).
     """
+    if collection.media_type == fom.VIDEO:
+        raise ValueError("export of video frame labels is not supported: the COCO and PNG exports are per "
+                         "image; use FiftyOne's video exporters (e.g. fo.types.FiftyOneVideoLabelsDataset) directly")
     view = without_rejected(collection, label_field)
     written = {}
     for fmt in formats:

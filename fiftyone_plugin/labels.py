@@ -1,4 +1,5 @@
-"""SDK results as FiftyOne labels: `fo.Detection`s with instance masks, and keypoints as clicks.
+"""SDK results as FiftyOne labels: `fo.Detection`s with instance masks (per image, or per video
+frame with the tracked object's id as `index`), and keypoints as clicks.
 
 Written by hand because FiftyOne's `Detection.from_mask` derives the box from the mask extent,
 while SAM3 predicts its own box: here the box is SAM3's, widened to whole pixels (and to the
@@ -17,8 +18,20 @@ from PIL import Image
 
 from sdk.manifest import write_atomic
 from sdk.results import InstanceResult, Result
+from sdk.schema import TrackedInstance, VideoFrame
 
 POINTS_PROMPT = "points"
+
+
+class TrackedInstanceResult(TrackedInstance, InstanceResult):
+    """A tracked instance whose mask decodes like an image instance's, so both become labels
+    through the same code."""
+
+
+class FrameResult(VideoFrame):
+    """One frame of `track_video` with decodable instances (the SDK yields plain wire frames)."""
+
+    instances: list[TrackedInstanceResult]
 
 
 def pixel_box(instance: InstanceResult, width: int, height: int) -> tuple[int, int, int, int]:
@@ -42,6 +55,8 @@ def to_detection(instance: InstanceResult, width: int, height: int, prompt: str,
         bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
         confidence=instance.score,
         prompt=prompt,
+        # FiftyOne's object id across frames: (label, index) makes a trajectory.
+        index=instance.object_id if isinstance(instance, TrackedInstance) else None,
     )
     if mask_path is None:
         detection.mask = crop
@@ -53,8 +68,8 @@ def to_detection(instance: InstanceResult, width: int, height: int, prompt: str,
     return detection
 
 
-def to_detections(results: dict[str, Result], mask_dir: Path | None = None) -> fo.Detections:
-    """One Detections from the results of several prompts on one image (`{prompt: result}`).
+def to_detections(results: dict[str, Result | FrameResult], mask_dir: Path | None = None) -> fo.Detections:
+    """One Detections from the results of several prompts on one image or frame (`{prompt: result}`).
 
     With `mask_dir`, masks go to `mask_dir/<prompt index>-<instance index>.png` instead of the
     database, which keeps samples small on large datasets.
@@ -65,6 +80,20 @@ def to_detections(results: dict[str, Result], mask_dir: Path | None = None) -> f
             path = mask_dir / f"{p}-{i}.png" if mask_dir is not None else None
             detections.append(to_detection(instance, result.width, result.height, prompt, path))
     return fo.Detections(detections=detections)
+
+
+def frame_detections(tracked: dict[str, list[VideoFrame]], mask_dir: Path | None = None) -> dict[int, fo.Detections]:
+    """{frame number: Detections} from each prompt's tracking of one video (`{prompt: frames}`).
+
+    FiftyOne numbers frames from 1, the service from 0.  Every prompt's tracking starts at the
+    first frame, so the frames line up; masks on disk go to `mask_dir/<frame number>/`.
+    """
+    labels = {}
+    for frames in zip(*tracked.values(), strict=True):
+        number = frames[0].frame_index + 1
+        results = {prompt: FrameResult.model_validate(frame, from_attributes=True) for prompt, frame in zip(tracked, frames)}
+        labels[number] = to_detections(results, mask_dir / str(number) if mask_dir is not None else None)
+    return labels
 
 
 def full_mask(detection: fo.Detection, width: int, height: int) -> np.ndarray:

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import fiftyone as fo
+import fiftyone.core.media as fom
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_plugin import curation
-from fiftyone_plugin.segment import Service, SegmentRun, refine_with_keypoints, segment_collection
+from fiftyone_plugin.segment import (REFINE_IMAGES_ONLY, Service, SegmentRun, refine_with_keypoints,
+                                     segment_collection)
 
 DEFAULT_FIELD = "sam3"
 EXPORT_FORMATS = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
@@ -29,14 +31,21 @@ def prompts_of(text: str | None) -> list[str]:
 
 
 def detections_fields(ctx) -> list[str]:
-    schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections) if ctx.dataset else {}
-    return sorted(schema)
+    """Detections fields, frame-level ones (where video labels go) as `frames.<name>`."""
+    if not ctx.dataset:
+        return []
+    fields = list(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
+    if ctx.dataset.media_type == fom.VIDEO:
+        fields += [f"frames.{name}" for name in ctx.dataset.get_frame_field_schema(embedded_doc_type=fo.Detections)]
+    return sorted(fields)
 
 
 def label_field_input(inputs: types.Object, ctx, default: str | None = DEFAULT_FIELD) -> None:
     fields = detections_fields(ctx)
     if fields:
-        inputs.enum("label_field", fields, default=default if default in fields else fields[0],
+        # In a video dataset "segment with SAM3" writes `default` on the frames.
+        chosen = next((f for f in (default, f"frames.{default}") if f in fields), fields[0])
+        inputs.enum("label_field", fields, default=chosen,
                     label="Label field", view=types.AutocompleteView())
     else:
         inputs.str("label_field", default=default, label="Label field")
@@ -61,15 +70,18 @@ class SegmentWithSam3(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.str("prompts", required=True, label="Prompts",
-                   description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'")
+                   description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'. "
+                               "Videos: each prompt is tracked through the video")
         inputs.str("negative_prompts", required=False, label="Negative prompts",
                    description="Concepts to exclude, comma separated, e.g. 'mannequin, poster': "
-                               "instances overlapping theirs are dropped")
-        inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Score threshold")
-        inputs.str("label_field", default=DEFAULT_FIELD, label="Label field")
+                               "instances overlapping theirs are dropped (images only)")
+        inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Score threshold",
+                     description="Images only: video tracking uses the model's own detection thresholds")
+        inputs.str("label_field", default=DEFAULT_FIELD, label="Label field",
+                   description="Videos: a frame field (frames.<name>), plus <name>_frames counting the frames done")
         inputs.bool("overwrite", default=False, label="Overwrite existing labels",
                     description="Off: samples that already have labels in this field are skipped (resumes a failed run)")
-        inputs.int("concurrency", default=8, min=1, label="Concurrent images")
+        inputs.int("concurrency", default=8, min=1, label="Concurrent images (videos)")
         inputs.int("chunk_size", default=64, min=1, label="Save every N samples",
                    description="A failed run keeps every chunk saved before it")
         inputs.str("mask_dir", required=False, label="Mask folder (optional)",
@@ -119,6 +131,8 @@ class RefineWithPoints(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        if ctx.dataset and ctx.dataset.media_type == fom.VIDEO:
+            inputs.view("video", types.Warning(label=REFINE_IMAGES_ONLY))
         schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Keypoints) if ctx.dataset else {}
         inputs.enum("keypoints_field", sorted(schema), required=True, label="Keypoints field (the clicks)")
         label_field_input(inputs, ctx)

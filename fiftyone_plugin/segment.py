@@ -2,7 +2,7 @@
 
 Results are written in chunks as they arrive, so a run that dies (service gone, executor
 killed) keeps everything finished so far; with `overwrite=False` a re-run only visits samples
-whose label field is still empty, which makes it the resume.
+not yet done (label field still empty; videos: see `fiftyone_plugin.video`), which makes it the resume.
 """
 
 from __future__ import annotations
@@ -11,16 +11,21 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
+import fiftyone.core.media as fom
 
 from fiftyone_plugin.labels import POINTS_PROMPT, keypoint_clicks, to_detection, to_detections
+from fiftyone_plugin.video import VideoLabels
 from sdk import AsyncClient, Client
 from sdk.batch import run_batch
 from sdk.calls import segment_params
 
 Progress = Callable[[int, int, int], None]  # (done, failed, total)
+REFINE_IMAGES_ONLY = ("refine with points works on image datasets; to follow a clicked object through a video "
+                      "use `samfleet track --point` or the SDK's track_video(points=...)")
 
 
 @dataclass
@@ -61,45 +66,63 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)  # sample id -> why
 
 
-def pending_samples(view: foc.SampleCollection, label_field: str, overwrite: bool) -> foc.SampleCollection:
-    if overwrite or not view.has_field(label_field):
+def pending_samples(view: foc.SampleCollection, done_field: str, overwrite: bool) -> foc.SampleCollection:
+    if overwrite or not view.has_field(done_field):
         return view
-    return view.exists(label_field, False)
+    return view.exists(done_field, False)
+
+
+class ImageLabels:
+    """Image samples: the instances of every prompt in one `fo.Detections` field, written in chunks."""
+
+    def __init__(self, run: SegmentRun):
+        self.run = run
+        self.done_field = run.label_field
+        self.chunk_size = run.chunk_size
+
+    async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> fo.Detections:
+        run = self.run
+        results = await asyncio.gather(*(client.segment(path, p, threshold=run.threshold,
+                                                        negative_prompts=run.negative_prompts) for p in run.prompts))
+        return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results)), mask_dir)
+
+    def write(self, view: foc.SampleCollection, finished: dict[str, fo.Detections]) -> None:
+        view.set_values(self.run.label_field, finished, key_field="id")
 
 
 def segment_collection(view: foc.SampleCollection, run: SegmentRun, service: Service = Service(),
                        progress: Progress | None = None) -> RunSummary:
-    """Label every (pending) sample of `view` with the instances of each prompt.
+    """Label every (pending) sample of `view` with the instances of each prompt; in a video
+    dataset every frame, each prompt tracked through the video (`fiftyone_plugin.video`).
 
     Raises `sdk.ConnectionError` when the service stays unreachable; what was finished before is
     already saved.  Per-sample failures (an unreadable image, a 4xx) are collected, not raised.
     """
-    todo = pending_samples(view, run.label_field, run.overwrite)
+    media = VideoLabels(run) if view.media_type == fom.VIDEO else ImageLabels(run)
+    todo = pending_samples(view, media.done_field, run.overwrite)
     ids, paths = todo.values(["id", "filepath"])
     summary = RunSummary(skipped=len(view) - len(ids))
-    asyncio.run(_segment(view, list(zip(ids, paths)), run, service, summary, progress))
+    asyncio.run(_segment(view, list(zip(ids, paths)), run, media, service, summary, progress))
     return summary
 
 
-async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], run: SegmentRun, service: Service,
-                   summary: RunSummary, progress: Progress | None) -> None:
-    finished: dict[str, fo.Detections] = {}
+async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], run: SegmentRun,
+                   media: ImageLabels | VideoLabels, service: Service, summary: RunSummary,
+                   progress: Progress | None) -> None:
+    finished: dict[str, Any] = {}
 
     def save() -> None:
         if finished:
-            view.set_values(run.label_field, finished, key_field="id")
+            media.write(view, finished)
             summary.done += len(finished)
             finished.clear()
         if progress:
             progress(summary.done, len(summary.failed), len(samples))
 
     async with AsyncClient(service.url, api_key=service.api_key) as client:
-        async def label(sample: tuple[str, str]) -> fo.Detections:
+        async def label(sample: tuple[str, str]) -> Any:
             sample_id, path = sample
-            results = await asyncio.gather(*(client.segment(path, p, threshold=run.threshold,
-                                                                   negative_prompts=run.negative_prompts) for p in run.prompts))
-            mask_dir = run.mask_dir / sample_id / run.label_field if run.mask_dir else None
-            return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results)), mask_dir)
+            return await media.label(client, path, run.mask_dir / sample_id / run.label_field if run.mask_dir else None)
 
         try:
             async for item in run_batch(samples, label, concurrency=run.concurrency, progress=False, ordered=False):
@@ -107,7 +130,7 @@ async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], r
                     finished[item.image[0]] = item.result
                 else:
                     summary.failed[item.image[0]] = str(item.error)
-                if len(finished) >= run.chunk_size:
+                if len(finished) >= media.chunk_size:
                     save()
         finally:
             save()
@@ -118,6 +141,8 @@ def refine_with_keypoints(samples: foc.SampleCollection, keypoints_field: str, l
     """Re-segment one object per keypoint (its points are the clicks) and put the mask into
     `label_field`, labelled like the keypoint.  Re-running replaces, not duplicates, the
     detection made from the same keypoint.  Returns the number of objects segmented."""
+    if samples.media_type == fom.VIDEO:
+        raise ValueError(REFINE_IMAGES_ONLY)
     samples.compute_metadata()  # only for samples that lack it
     count = 0
     with Client(service.url, api_key=service.api_key) as client:

@@ -21,9 +21,12 @@ from conftest import ray_processes, wait_for, wait_for_ray_exit
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 from fiftyone_plugin import curation
-from fiftyone_plugin.labels import full_mask, pixel_box, to_detections
-from sdk import Client
+from fiftyone_plugin.labels import TrackedInstanceResult, full_mask, pixel_box, to_detections
+from fiftyone_plugin.video import done_field
+from sdk import AsyncClient, Client
+from sdk.schema import VideoFrame
 from service_process import service_process
+from video_double import moving_squares_clip
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "@samfleet/sam3"
@@ -256,6 +259,107 @@ def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, t
             expected[full_mask(det, m.width, m.height)] = targets[det.label]
         assert np.array_equal(sample["gt"].get_mask(), expected)  # PNG export is lossless
     png.delete()
+
+
+# Video datasets: frame labels from the service's tracking ----------------------------------------
+
+VIDEO_PROMPTS = ["red square", "square"]
+CLICK = [[8, 8]]  # on the right-moving square of moving_squares_clip
+
+
+@pytest.fixture
+def video_dataset(plugin, tmp_path, request):
+    ds = fo.Dataset(request.node.name[:60], overwrite=True)
+    paths = []
+    for i, frames in enumerate((4, 6)):
+        path = tmp_path / f"clip{i}.mkv"
+        path.write_bytes(moving_squares_clip(frames)[0])
+        paths.append(path)
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in paths])
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture
+def clicked(monkeypatch):
+    """Every video request of the SDK's async client (the operator's) also clicks CLICK.  The tiny
+    model's text detector finds nothing in any clip (tests/test_video.py), so without the click
+    every frame would be empty and the comparisons vacuous; with it, each prompt's tracking
+    holds the clicked square, with the service's object id, on every frame."""
+    track_video = AsyncClient.track_video
+    monkeypatch.setattr(AsyncClient, "track_video",
+                        lambda self, video, prompt=None, points=(), **params: track_video(self, video, prompt, CLICK, **params))
+
+
+def sdk_tracks(client, path: str, **params) -> dict[str, list[VideoFrame]]:
+    return {p: list(client.track_video(path, p, **params)) for p in VIDEO_PROMPTS}
+
+
+def assert_frames_match_sdk(sample: fo.Sample, field: str, expected: dict[str, list[VideoFrame]]) -> None:
+    """Frame n holds the instances of the SDK's frame n - 1, prompt by prompt: same object id
+    (`index`), label, score, box and mask (tracking is not batched: exactly equal)."""
+    first = next(iter(expected.values()))
+    assert list(sample.frames.keys()) == [f.frame_index + 1 for f in first]
+    assert sample[done_field(field)] == len(first)
+    for frames in zip(*expected.values()):
+        w, h = frames[0].width, frames[0].height
+        detections = sample.frames[frames[0].frame_index + 1][field].detections
+        wanted = [(prompt, TrackedInstanceResult.model_validate(inst, from_attributes=True))
+                  for prompt, frame in zip(expected, frames) for inst in frame.instances]
+        assert len(detections) == len(wanted)
+        for det, (prompt, inst) in zip(detections, wanted):
+            assert (det.index, det.label, det.prompt, det.confidence) == (inst.object_id, inst.label, prompt, inst.score)
+            assert np.array_equal(box_pixels(det, w, h), pixel_box(inst, w, h))
+            assert np.array_equal(full_mask(det, w, h), inst.array)
+
+
+def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client, service, clicked):
+    params = {"prompts": ", ".join(VIDEO_PROMPTS), "url": service}
+    result = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    assert result == {"done": 2, "skipped": 0, "failed": 0, "errors": {}}
+    assert video_dataset.count("frames.sam3.detections") > 0, "nothing tracked: test is vacuous"
+    for sample in video_dataset:
+        assert_frames_match_sdk(sample, "sam3", sdk_tracks(client, sample.filepath, points=CLICK))
+
+    # Review counts frame labels; export says plainly that it is for images.
+    review = foo.execute_operator(op("review_sam3_labels"), dataset=video_dataset,
+                                  params={"label_field": "frames.sam3", "min_score": 0.0}).result
+    assert review["per_prompt"] == {p: {"instances": 10, curation.ACCEPTED: 0, curation.REJECTED: 0, "low_score": 0}
+                                    for p in VIDEO_PROMPTS}
+    with pytest.raises(Exception, match="export of video frame labels is not supported"):
+        foo.execute_operator(op("export_sam3_labels"), dataset=video_dataset,
+                             params={"label_field": "frames.sam3", "export_dir": "unused"})
+
+
+def test_video_skip_existing_resumes_and_overwrite_redoes(video_dataset, client, service, clicked, tmp_path):
+    params = {"prompts": ", ".join(VIDEO_PROMPTS), "url": service}
+    first = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    assert (first["done"], first["skipped"]) == (2, 0)
+    labelled = video_dataset.count("frames.sam3.detections")
+    # A video whose frames were written but whose count was not (the run died in between) is redone.
+    cut = video_dataset.first()
+    cut[done_field("sam3")] = None
+    cut.save()
+    rerun = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    assert (rerun["done"], rerun["skipped"]) == (1, 1)
+    assert video_dataset.count("frames.sam3.detections") == labelled, "a re-run must replace, not add"
+    again = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset,
+                                 params={**params, "overwrite": True, "mask_dir": str(tmp_path / "masks")}).result
+    assert (again["done"], again["skipped"]) == (2, 0)
+    assert all(Path(p).is_file() for p in video_dataset.values("frames.sam3.detections.mask_path", unwind=True))
+    for sample in video_dataset:
+        assert_frames_match_sdk(sample, "sam3", sdk_tracks(client, sample.filepath, points=CLICK))
+
+
+def test_video_refuses_what_the_tracking_api_cannot_do(video_dataset, service):
+    with pytest.raises(Exception, match="negative prompts apply to images only"):
+        foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset,
+                             params={"prompts": "car", "negative_prompts": "poster", "url": service})
+    video_dataset.set_values("clicks", [fo.Keypoints(keypoints=[fo.Keypoint(points=[(0.2, 0.2)])])] * 2)
+    with pytest.raises(Exception, match="refine with points works on image datasets"):
+        foo.execute_operator(op("refine_with_points"), dataset=video_dataset,
+                             params={"keypoints_field": "clicks", "url": service})
+    assert not video_dataset.has_frame_field("sam3")
 
 
 def labelled(ds: fo.Dataset) -> int:

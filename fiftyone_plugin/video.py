@@ -1,0 +1,57 @@
+"""Video samples for "segment with SAM3": each prompt tracked through the video by the service,
+labels on every frame (`frames.<label_field>`), and a sample-level count of the frames written.
+
+The count is what marks a video done.  It is written after the video's frames, so a run killed
+between the two leaves the video pending and the re-run writes all its frames again, instead of
+skipping a half-written video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+
+from fiftyone_plugin.labels import frame_detections
+from sdk import AsyncClient
+from sdk.schema import VideoFrame
+
+if TYPE_CHECKING:
+    from fiftyone_plugin.segment import SegmentRun
+
+FRAMES = "frames."
+
+
+def done_field(label_field: str) -> str:
+    """The sample field counting the frames labelled in `frames.<label_field>`."""
+    return f"{label_field.removeprefix(FRAMES)}_frames"
+
+
+class VideoLabels:
+    """Video samples: `fo.Detections` per frame, `index` = the service's object id (with the
+    label, FiftyOne's trajectory key: ids are numbered per prompt)."""
+
+    def __init__(self, run: SegmentRun):
+        if run.negative_prompts:  # before any request, like every bad parameter
+            raise ValueError("negative prompts apply to images only: the video tracking API has none")
+        self.prompts = run.prompts
+        self.frame_field = run.label_field.removeprefix(FRAMES)
+        self.done_field = done_field(run.label_field)
+        # One video at a time: a video is many frames of work, so a crash should lose none that finished.
+        self.chunk_size = 1
+
+    async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> dict[int, fo.Detections]:
+        tracked = await asyncio.gather(*(_track(client, path, prompt) for prompt in self.prompts))
+        return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked)), mask_dir)
+
+    def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
+        view.set_values(FRAMES + self.frame_field, finished, key_field="id")
+        view.set_values(self.done_field, {sample_id: len(frames) for sample_id, frames in finished.items()},
+                        key_field="id")
+
+
+async def _track(client: AsyncClient, path: str, prompt: str) -> list[VideoFrame]:
+    return [frame async for frame in client.track_video(path, prompt)]
