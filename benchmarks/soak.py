@@ -1,10 +1,10 @@
 """Bounded soak: a fixed number of requests kept above the model's queue capacity for minutes;
 does memory stay flat, and does every request end in an answer?
 
-    python benchmarks/soak.py [--requests 6000] [--concurrency 64] [--queue 16]
+    python benchmarks/soak.py [--requests 6000] [--concurrency 64] [--ongoing 16] [--queue 16]
 
-Starts samfleet (embedded Ray, packaged Serve config with SAM3Model's max_queued_requests set
-to --queue so that --concurrency overflows it), sends --requests segment requests through
+Starts samfleet (embedded Ray, packaged Serve config with SAM3Model's max_ongoing_requests and
+max_queued_requests set to --ongoing and --queue so that --concurrency overflows them), sends --requests segment requests through
 raw httpx (no retries, so overflow shows as 503s), and samples the resident memory of the
 service's Ray worker processes every few seconds.  Prints answers by status, the 503s' latency
 (they must come back at once), and memory after warm-up vs. at the end.
@@ -72,10 +72,12 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--ongoing", type=int, default=16, help="SAM3Model max_ongoing_requests during the soak")
     parser.add_argument("--queue", type=int, default=16, help="SAM3Model max_queued_requests during the soak")
     args = parser.parse_args()
     settings = runner.load_settings(model=model_or_tiny(args.model), port=free_port())
-    settings.deployment_options["SAM3Model"]["max_queued_requests"] = args.queue
+    # A smaller replica than packaged, so that --concurrency overflows ongoing + queued at once.
+    settings.deployment_options["SAM3Model"].update(max_ongoing_requests=args.ongoing, max_queued_requests=args.queue)
     runner.start(settings)
     try:
         images = [p.read_bytes() for p in SAMPLES]
@@ -86,7 +88,8 @@ def main() -> None:
     finally:
         runner.stop()
     first, last = memory[0][1], memory[-1][1]
-    print(f"{args.requests} requests, {args.concurrency} in flight, model queue {args.queue}: {elapsed:.0f} s")
+    print(f"{args.requests} requests, {args.concurrency} in flight, model replica {args.ongoing} ongoing + "
+          f"{args.queue} queued: {elapsed:.0f} s")
     print("answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str)))
     if refused_s:
         print(f"503 latency: p50 {np.percentile(refused_s, 50) * 1000:.0f} ms, p99 {np.percentile(refused_s, 99) * 1000:.0f} ms")

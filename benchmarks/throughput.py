@@ -146,7 +146,7 @@ def main() -> None:
     ceiling = max([single, *batched], key=lambda r: r.images_per_s)
     with naive_wrapper(model) as url:
         naive = {c: asyncio.run(load(url, raw, args.requests, c, "naive FastAPI")) for c in args.concurrency}
-    with running_service(model) as url:
+    with running_service(model, replicas=1) as url:  # one model replica: what one GPU serves
         served = {c: asyncio.run(load(url, raw, args.requests, c, "samfleet")) for c in args.concurrency}
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"

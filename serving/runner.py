@@ -94,15 +94,24 @@ def load_settings(config_path: str | Path | None = None, **overrides) -> ServeSe
     )
 
 
-def fit_to_cluster(settings: ServeSettings, gpus_available: float) -> list[str]:
-    """Adjust a GPU config to a cluster without GPUs (a laptop, CI); return what changed."""
+def fit_to_cluster(settings: ServeSettings, gpus_available: float, cpu_cores: int) -> list[str]:
+    """Adjust a GPU config to a machine without GPUs (a laptop, CI); return what changed.
+
+    Ray runs an actor's torch with as many threads as the actor's `num_cpus` (1 in the GPU
+    config), so a CPU replica is given every core.  Every deployment then runs one replica, not
+    autoscaled ones: more replicas would only split the same cores, and each ingress replica
+    holds its own torch and processors (about 1 GB).  An explicit `num_replicas` is kept."""
     model_opts = settings.deployment_options.setdefault(MODEL_DEPLOYMENT, {})
     actor = model_opts.setdefault("ray_actor_options", {})
-    if actor.get("num_gpus", 0) > 0 and gpus_available == 0:
-        actor["num_gpus"] = 0
-        settings.args["device"] = "cpu"
-        return ["no GPU in this Ray cluster: SAM3 replicas run on the CPU (slow)"]
-    return []
+    if actor.get("num_gpus", 0) == 0 or gpus_available > 0:
+        return []
+    actor.update(num_gpus=0, num_cpus=cpu_cores)
+    settings.args["device"] = "cpu"
+    for options in settings.deployment_options.values():
+        if options.pop("autoscaling_config", None) is not None:
+            options["num_replicas"] = 1
+    return [f"no GPU on this machine: SAM3 runs on the CPU (slow), {model_opts.get('num_replicas', 1)} "
+            f"replica(s) using {cpu_cores} cores, no autoscaling"]
 
 
 def start(
@@ -124,16 +133,17 @@ def start(
     else:
         # address="local": always a Ray of our own, never a cluster someone started with `ray start`.
         # Logical CPUs only: the deployments' replicas may share the machine's cores.
+        cores = len(os.sched_getaffinity(0))
         ray.init(
             address="local",
-            num_cpus=max(8, os.cpu_count() or 1),
+            num_cpus=max(8, 4 * cores),
             num_gpus=num_gpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             configure_logging=False,
             log_to_driver=False,
         )
-        notes = fit_to_cluster(settings, ray.cluster_resources().get("GPU", 0))
+        notes = fit_to_cluster(settings, ray.cluster_resources().get("GPU", 0), cores)
     serve.start(proxy_location=settings.proxy_location, http_options={"host": settings.host, "port": settings.port})
     app = build_app(settings.args, settings.deployment_options)
     deadline = time.monotonic() + wait_s

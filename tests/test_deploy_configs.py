@@ -134,3 +134,23 @@ def test_rayservice_autoscales_a_gpu_worker_group_with_the_shared_weights():
     (container,) = download["containers"]
     assert f"--local-dir {MODEL_DIR}" in container["args"][0]
     assert container["volumeMounts"][0]["mountPath"] == mount["mountPath"]
+
+
+def test_a_machine_without_gpus_runs_one_replica_per_deployment_with_every_core():
+    gpu_config = runner.load_settings()
+    assert runner.fit_to_cluster(copy.deepcopy(gpu_config), gpus_available=1, cpu_cores=2) == []
+
+    settings = copy.deepcopy(gpu_config)
+    (note,) = runner.fit_to_cluster(settings, gpus_available=0, cpu_cores=6)
+    assert "1 replica(s) using 6 cores" in note
+    model, ingress = (settings.deployment_options[name] for name in ("SAM3Model", "Ingress"))
+    assert model["ray_actor_options"] == {"num_gpus": 0, "num_cpus": 6}  # Ray gives its torch 6 threads
+    assert settings.args["device"] == "cpu"
+    for options in (model, ingress):
+        assert options["num_replicas"] == 1 and "autoscaling_config" not in options
+
+    fixed = copy.deepcopy(gpu_config)  # a config that fixes its replicas keeps them
+    fixed.deployment_options["SAM3Model"].pop("autoscaling_config")
+    fixed.deployment_options["SAM3Model"]["num_replicas"] = 2
+    runner.fit_to_cluster(fixed, gpus_available=0, cpu_cores=2)
+    assert fixed.deployment_options["SAM3Model"]["num_replicas"] == 2
