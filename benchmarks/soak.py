@@ -1,7 +1,7 @@
 """Bounded soak: a fixed number of requests kept above the model's queue capacity for minutes;
 does memory stay flat, and does every request end in an answer?
 
-    python benchmarks/soak.py [--requests 6000] [--concurrency 64] [--ongoing 16] [--queue 16]
+    python benchmarks/soak.py [--requests 16000] [--concurrency 64] [--ongoing 16] [--queue 16]
 
 Starts samfleet (embedded Ray, packaged Serve config with SAM3Model's max_ongoing_requests and
 max_queued_requests set to --ongoing and --queue so that --concurrency overflows them), sends --requests segment requests through
@@ -70,7 +70,7 @@ async def soak(url: str, images: list[bytes], count: int, concurrency: int) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
-    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--requests", type=int, default=16000, help="about 5 minutes on a 2-core CPU")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--ongoing", type=int, default=16, help="SAM3Model max_ongoing_requests during the soak")
     parser.add_argument("--queue", type=int, default=16, help="SAM3Model max_queued_requests during the soak")
@@ -87,14 +87,15 @@ def main() -> None:
         elapsed = time.monotonic() - started
     finally:
         runner.stop()
-    first, last = memory[0][1], memory[-1][1]
+    first, middle, last = memory[0][1], memory[len(memory) // 2][1], memory[-1][1]
     print(f"{args.requests} requests, {args.concurrency} in flight, model replica {args.ongoing} ongoing + "
           f"{args.queue} queued: {elapsed:.0f} s")
     print("answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str)))
     if refused_s:
         print(f"503 latency: p50 {np.percentile(refused_s, 50) * 1000:.0f} ms, p99 {np.percentile(refused_s, 99) * 1000:.0f} ms")
-    print(f"Ray workers' memory: {first:.0f} MiB after warm-up, {last:.0f} MiB at the end "
-          f"({(last - first) / first:+.1%}); peak {max(m for _, m in memory):.0f} MiB over {len(memory)} samples")
+    print(f"Ray workers' memory: {first:.0f} MiB after warm-up, {middle:.0f} MiB half-way, {last:.0f} MiB at the end "
+          f"(second half {(last - middle) / middle:+.1%}); peak {max(m for _, m in memory):.0f} MiB over "
+          f"{len(memory)} samples")
 
 
 if __name__ == "__main__":
