@@ -98,20 +98,21 @@ def fit_to_cluster(settings: ServeSettings, gpus_available: float, cpu_cores: in
     """Adjust a GPU config to a machine without GPUs (a laptop, CI); return what changed.
 
     Ray runs an actor's torch with as many threads as the actor's `num_cpus` (1 in the GPU
-    config), so a CPU replica is given every core.  Every deployment then runs one replica, not
+    config), so CPU replicas share out every core.  Every deployment then runs one replica, not
     autoscaled ones: more replicas would only split the same cores, and each ingress replica
     holds its own torch and processors (about 1 GB).  An explicit `num_replicas` is kept."""
     model_opts = settings.deployment_options.setdefault(MODEL_DEPLOYMENT, {})
     actor = model_opts.setdefault("ray_actor_options", {})
     if actor.get("num_gpus", 0) == 0 or gpus_available > 0:
         return []
-    actor.update(num_gpus=0, num_cpus=cpu_cores)
     settings.args["device"] = "cpu"
     for options in settings.deployment_options.values():
         if options.pop("autoscaling_config", None) is not None:
             options["num_replicas"] = 1
-    return [f"no GPU on this machine: SAM3 runs on the CPU (slow), {model_opts.get('num_replicas', 1)} "
-            f"replica(s) using {cpu_cores} cores, no autoscaling"]
+    replicas = model_opts.get("num_replicas", 1)
+    actor.update(num_gpus=0, num_cpus=max(1, cpu_cores // replicas))
+    return [f"no GPU on this machine: SAM3 runs on the CPU (slow), {replicas} replica(s) using "
+            f"{actor['num_cpus']} cores each, no autoscaling"]
 
 
 def start(

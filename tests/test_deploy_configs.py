@@ -142,7 +142,7 @@ def test_a_machine_without_gpus_runs_one_replica_per_deployment_with_every_core(
 
     settings = copy.deepcopy(gpu_config)
     (note,) = runner.fit_to_cluster(settings, gpus_available=0, cpu_cores=6)
-    assert "1 replica(s) using 6 cores" in note
+    assert "1 replica(s) using 6 cores each" in note
     model, ingress = (settings.deployment_options[name] for name in ("SAM3Model", "Ingress"))
     assert model["ray_actor_options"] == {"num_gpus": 0, "num_cpus": 6}  # Ray gives its torch 6 threads
     assert settings.args["device"] == "cpu"
@@ -152,5 +152,6 @@ def test_a_machine_without_gpus_runs_one_replica_per_deployment_with_every_core(
     fixed = copy.deepcopy(gpu_config)  # a config that fixes its replicas keeps them
     fixed.deployment_options["SAM3Model"].pop("autoscaling_config")
     fixed.deployment_options["SAM3Model"]["num_replicas"] = 2
-    runner.fit_to_cluster(fixed, gpus_available=0, cpu_cores=2)
+    runner.fit_to_cluster(fixed, gpus_available=0, cpu_cores=6)
     assert fixed.deployment_options["SAM3Model"]["num_replicas"] == 2
+    assert fixed.deployment_options["SAM3Model"]["ray_actor_options"]["num_cpus"] == 3  # the cores shared out
