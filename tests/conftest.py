@@ -70,13 +70,13 @@ def plugin(fiftyone_db):
 
 # Every process this test session starts inherits this marker, even once orphaned, so the leak
 # checks below see our Ray daemons and never another session's on the same machine.
-SESSION_MARKER = f"SAMFLEET_TEST_SESSION={os.getpid()}-{time.time_ns()}"
-os.environ["SAMFLEET_TEST_SESSION"] = SESSION_MARKER.split("=", 1)[1]
+os.environ["SAMFLEET_TEST_SESSION"] = f"{os.getpid()}-{time.time_ns()}"
+SESSION_MARKER = f"SAMFLEET_TEST_SESSION={os.environ['SAMFLEET_TEST_SESSION']}".encode()
 
 
 def started_by_this_session(pid: int) -> bool:
     try:
-        return SESSION_MARKER.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return SESSION_MARKER in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:  # gone already, or not ours to read
         return False
 

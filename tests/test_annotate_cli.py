@@ -110,6 +110,11 @@ def test_folder_run_reports_progress_and_the_broken_image(uninterrupted, folder)
     assert_outputs_consistent(out, files, ["thing"])
 
 
+def resumable_run(service: str, src: Path, out: Path) -> list[str]:
+    """The command the interrupted-run tests stop and then run again, unchanged."""
+    return annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress")
+
+
 def stopped_partway(out: Path) -> int:
     """How many images a stopped run finished (each recorded once)."""
     finished = len(set(done_files(out)))
@@ -120,7 +125,7 @@ def stopped_partway(out: Path) -> int:
 def assert_resumes(service: str, folder, uninterrupted, out: Path, finished_before: int) -> None:
     """The same command, run again, does exactly the images left, and the outputs are complete."""
     src, files = folder
-    again = run(annotate(service, src, "--out", out, *PROMPT, "--concurrency", "16", "--no-progress"))
+    again = run(resumable_run(service, src, out))
     assert f"done {N_IMAGES - finished_before}, skipped {finished_before}" in again.stdout, again.stdout
     assert sorted(done_files(out)) == sorted(files), "each image is recorded done exactly once"
     assert_outputs_consistent(out, files, ["thing"])
@@ -131,8 +136,8 @@ def assert_resumes(service: str, folder, uninterrupted, out: Path, finished_befo
 
 def test_killed_run_resumes_without_loss_or_duplicates(service, folder, uninterrupted, tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen(annotate(service, folder[0], "--out", out, *PROMPT, "--concurrency", "16", "--no-progress"),
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(resumable_run(service, folder[0], out), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images", interval_s=0.1)
     finally:
@@ -149,8 +154,7 @@ def test_service_stopped_mid_run_then_the_same_command_resumes(service, service_
     out = tmp_path / "out"
     ray_before = ray_processes()
     with service_process(service_config, tmp_path / "service.log") as doomed:
-        running = subprocess.Popen(annotate(doomed.url, folder[0], "--out", out, *PROMPT, "--concurrency", "16",
-                                            "--no-progress"), cwd=REPO, stdout=subprocess.PIPE,
+        running = subprocess.Popen(resumable_run(doomed.url, folder[0], out), cwd=REPO, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: len(done_files(out)) >= N_IMAGES // 4, 120, "a quarter of the images", interval_s=0.1)
