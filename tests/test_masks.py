@@ -39,3 +39,24 @@ def test_empty_mask_round_trips_in_every_format():
 
 def test_rle_of_png_equals_rle(mask):
     assert rle_of(encode_mask(mask, "png")) == rle_of(encode_mask(mask, "rle"))
+
+
+def test_a_crop_encodes_as_the_whole_image_it_stands_for():
+    """The service encodes each instance from the crop around it: every format must equal the
+    encoding of the whole image, with crops on every border, full-height, empty and full ones
+    (RLE compared with pycocotools' own encoding of the whole image)."""
+    from pycocotools import mask as coco_mask
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        rows, cols = int(rng.integers(0, height + 1)), int(rng.integers(0, width + 1))
+        y, x = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - cols + 1))
+        crop = rng.random((rows, cols)) < rng.random()
+        whole = np.zeros((height, width), dtype=bool)
+        whole[y:y + rows, x:x + cols] = crop
+        rle = encode_mask(crop, "rle", origin=(x, y), size=(height, width))
+        assert rle.counts == coco_mask.encode(np.asfortranarray(whole.astype(np.uint8)))["counts"].decode()
+        if trial % 8 == 0:
+            for fmt in ("png", "polygon"):
+                assert encode_mask(crop, fmt, origin=(x, y), size=(height, width)) == encode_mask(whole, fmt)
