@@ -291,16 +291,28 @@ class EmbeddingCacheInfo(BaseModel):
     images_encoded: int = Field(description="vision-encoder runs for point/box prompts on this replica so far")
 
 
+class TextCacheInfo(BaseModel):
+    """Encoded text prompts kept by the SAM3 replica that answered."""
+
+    entries: int = Field(description="prompts kept now")
+    capacity: int = Field(description="prompts kept at most (text_cache_entries); 0: no cache")
+    hits: int = Field(description="prompt lookups answered from the cache on this replica so far")
+    misses: int = Field(description="prompts encoded on this replica so far")
+
+
 class InfoResponse(BaseModel):
     api_version: str = API_VERSION
     model: str
     tiny_random_model: bool = Field(description="True when the weights are random: masks are meaningless")
+    output_double: bool = Field(default=False, description="True when no model runs: the benchmarks' SAM3 "
+                                "output double answers with synthetic instances (serving/output_double.py)")
     dtype: str
     device: str
     replicas: dict[str, int]
     limits: Limits
     batching: BatchingInfo
     embedding_cache: EmbeddingCacheInfo | None = None  # None from servers older than the cache
+    text_cache: TextCacheInfo | None = None  # None from servers older than the cache
 
 
 class DeploymentStatus(BaseModel):

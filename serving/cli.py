@@ -1,4 +1,4 @@
-"""The service's `samfleet` commands (serve, demo, make-tiny-model, render-config), added to the CLI in sdk.cli.
+"""The service's `samfleet` commands (serve, demo, make-tiny-model, make-output-double, render-config), added to the CLI in sdk.cli.
 
 Only the standard library is imported here at module level, so a laptop with the SDK alone can
 build the parser; the commands import the service when they run."""
@@ -46,6 +46,12 @@ def add_service_commands(sub) -> None:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
 
+    double = sub.add_parser("make-output-double", help="write a model folder for the benchmarks' SAM3 output "
+                            "double (no model: synthetic instances after a simulated forward pass)")
+    double.add_argument("dir", type=Path)
+    double.add_argument("--forward-ms", type=float, default=30.0, help="simulated GPU time per batch")
+    double.set_defaults(func=cmd_make_output_double)
+
 
 def cmd_new_api_key(args) -> int:
     from serving.auth import new_key
@@ -58,6 +64,13 @@ def cmd_new_api_key(args) -> int:
 
 def cmd_make_tiny_model(args) -> int:
     print(f"wrote {build_tiny_model(args.dir, args.seed)}: {TINY_MODEL_NOTICE}")
+    return 0
+
+
+def cmd_make_output_double(args) -> int:
+    from serving.output_double import NOTICE, build_output_double
+
+    print(f"wrote {build_output_double(args.dir, args.forward_ms)}: {NOTICE}")
     return 0
 
 

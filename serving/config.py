@@ -66,6 +66,11 @@ class ServiceConfig(BaseModel):
         if not any(where.is_relative_to(Path(root).resolve()) for root in self.model_roots):
             raise ValueError(f"model {self.model!r} is not inside the allowed model_roots {self.model_roots}")
         return self
+    text_cache_entries: int = Field(
+        default=1024, ge=0,
+        description="text prompts whose encoded features each SAM3 replica keeps (LRU, ~16 KB each for SAM3 "
+        "in bfloat16): a batch job's repeated prompt is encoded once; 0 disables",
+    )
     embedding_cache_mb: float = Field(
         default=1024, ge=0,
         description="memory per SAM3 replica for image embeddings kept for later point/box prompts; 0 disables",

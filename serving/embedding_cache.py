@@ -19,16 +19,17 @@ import numpy as np
 from ray import serve
 
 from serving.metrics import image_encodings
-from serving.predictor import ImageEmbedding, PointsItem, Sam3Predictor
+from serving.predictor import ImageEmbedding, ModelImage, PointsItem, Sam3Predictor, model_image
 
 MIB = 2**20
 
 
-def image_key(image: np.ndarray) -> str:
-    """The decoded pixels' hash: exactly what the encoder sees (EXIF orientation applied), so a
-    photo sent once as its file and once re-encoded as PNG shares one entry."""
-    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(image).data)
+def image_key(image: ModelImage) -> str:
+    """The hash of the resized pixels: exactly what the encoder sees (EXIF orientation applied), so
+    a photo sent once as its file and once re-encoded as PNG shares one entry."""
+    pixels = image.pixels.numpy()
+    digest = hashlib.blake2b(str(pixels.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(pixels).data)
     return digest.hexdigest()
 
 
@@ -49,7 +50,7 @@ class EmbeddingCache:
         self.encodings = image_encodings()
         # The size of one embedding depends on the checkpoint's feature maps and on the dtype, so
         # it is measured on the loaded model (the processor resizes every image to one size).
-        (probe,) = predictor.embed([np.zeros((8, 8, 3), np.uint8)])
+        (probe,) = predictor.embed([model_image(np.zeros((8, 8, 3), np.uint8), predictor.m.tracker_processor)])
         self.embedding_bytes = sum(t.numel() * t.element_size() for t in probe)
         self.capacity = capacity(cache_mb, self.embedding_bytes)
 
@@ -74,7 +75,7 @@ class EmbeddingCache:
             (entry.embedding,) = await self._encode([items[0].image])
         return [entry.embedding] * len(items)
 
-    async def _encode(self, images: list[np.ndarray]) -> list[ImageEmbedding]:
+    async def _encode(self, images: list[ModelImage]) -> list[ImageEmbedding]:
         self.images_encoded += len(images)
         self.encodings.inc(len(images))
         return await asyncio.to_thread(self.predictor.embed, images)

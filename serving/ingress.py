@@ -7,11 +7,12 @@ No `from __future__ import annotations` here: FastAPI reads the route annotation
 
 import asyncio
 import logging
+import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.concurrency import run_in_threadpool
@@ -50,10 +51,10 @@ from serving.http import (
     read_video_request,
 )
 from serving.images import decode_image
-from serving.metrics import RequestMetrics, RequestMetricsMiddleware
+from serving.metrics import RequestMetrics, RequestMetricsMiddleware, StageTimes
 from serving.model_loader import load_processors
-from serving.postprocess import point_masks_response, segment_response
-from serving.predictor import PointsItem
+from serving.postprocess import logit, point_masks_response, segment_response
+from serving.predictor import PointsItem, model_image
 from serving.segmentation import plan_segment
 from serving.tiny_model import TINY_MODEL_NOTICE
 from serving.video_decode import probe_video
@@ -115,12 +116,20 @@ class Ingress:
             self.config.status.window_s,
         )
 
-    async def _read(self, request: Request, json_model, params_model):
+    async def _read(self, request: Request, json_model, params_model, times: StageTimes):
         """({part: decoded image}, parameters), the prompt limits checked before any image is decoded."""
         data, params = await read_image_request(request, json_model, params_model)
         check_prompt_limits(self.config.limits, params)
-        images = {name: await run_in_threadpool(decode_image, raw, self.config.limits, name) for name, raw in data.items()}
+        images = {name: await run_in_threadpool(times.run, "decode", decode_image, raw, self.config.limits, name)
+                  for name, raw in data.items()}
         return images, params
+
+    async def _timed(self, times: StageTimes, calls):
+        """The model deployment's answers to `calls` (DeploymentResponses), waited for together."""
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(self._infer(call) for call in calls))
+        times.waited("model", time.perf_counter() - started)
+        return answers
 
     @staticmethod
     async def _infer(response: DeploymentResponse):
@@ -131,6 +140,10 @@ class Ingress:
             raise overloaded(exc) from None
         except RayActorError as exc:
             raise replica_lost(exc) from None
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ServiceError):  # the replica refused the request: the same answer
+                raise exc.cause from None
+            raise
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
@@ -164,53 +177,60 @@ class Ingress:
             sampled_at=snapshot.time,
         )
 
+    async def _answer(self, path: str, response: SegmentResponse, times: StageTimes) -> Response:
+        """The response serialised once: it was built from validated parts, and FastAPI would
+        validate and serialise it again (a third of the ingress's time at 200 instances)."""
+        self.metrics.returned(path, len(response.instances))
+        body = await run_in_threadpool(times.run, "json", response.model_dump_json)
+        return Response(body, media_type="application/json", headers={"Server-Timing": times.header()})
+
     @api.post(SEGMENT_PATH, response_model=SegmentResponse, responses=ERRORS)
-    async def segment(self, request: Request) -> SegmentResponse:
-        images, params = await self._read(request, SegmentRequest, SegmentParams)
-        image = images["image"]
-        job = plan_segment(image, params, self.config.limits, images.get("reference_image"))
+    async def segment(self, request: Request) -> Response:
+        times = StageTimes()
+        images, params = await self._read(request, SegmentRequest, SegmentParams, times)
+        height, width = images["image"].shape[:2]
+        job = await run_in_threadpool(times.run, "preprocess", plan_segment, images["image"], params,
+                                      self.config.limits, lambda pixels: model_image(pixels, self.processor),
+                                      images.get("reference_image"))
+        # The decoded photo is not kept while the model works: the job holds its resized windows.
+        del images
         # Tiles go out as separate calls so the replicas' batching packs them into full batches.
-        raws = await asyncio.gather(*(self._infer(self.model.segment.remote(item)) for item in job.items))
-        found = await run_in_threadpool(job.finish, raws, self.processor)
+        raws = await self._timed(times, [self.model.segment.remote(item) for item in job.items])
+        found = await run_in_threadpool(times.run, "postprocess", job.finish, raws, self.processor)
         response = await run_in_threadpool(
-            segment_response, found, height=image.shape[0], width=image.shape[1],
+            times.run, "encode", segment_response, found, height=height, width=width,
             mask_format=params.mask_format, model=self.config.model,
         )
-        self.metrics.returned(SEGMENT_PATH, len(response.instances))
-        return response
+        return await self._answer(SEGMENT_PATH, response, times)
 
     @api.post(POINTS_PATH, response_model=SegmentResponse, responses=ERRORS)
-    async def segment_points(self, request: Request) -> SegmentResponse:
-        images, params = await self._read(request, PointsRequest, PointsParams)
-        image = images["image"]
+    async def segment_points(self, request: Request) -> Response:
+        times = StageTimes()
+        images, params = await self._read(request, PointsRequest, PointsParams, times)
+        image = images.pop("image")
         height, width = image.shape[:2]
         check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
         if params.box is not None:
             check_box_inside("box", params.box, width, height)
         item = PointsItem(
-            image=image,
+            image=await run_in_threadpool(times.run, "preprocess", model_image, image, self.tracker_processor),
             points=[[p.x, p.y] for p in params.points],
             point_labels=[int(p.label == "positive") for p in params.points],
             box=params.box.xyxy() if params.box else None,
             multimask=params.multimask,
+            mask_logit_threshold=logit(params.mask_threshold),
         )
+        del image  # not kept while the model works: the item holds the resized pixels
         model = self.model
         if self.config.embedding_cache_mb:
             # Routed to the replica that keeps this image's embedding, when one does.
-            model = model.options(multiplexed_model_id=await run_in_threadpool(image_key, image))
-        raw = await self._infer(model.segment_points.remote(item))
+            model = model.options(multiplexed_model_id=await run_in_threadpool(image_key, item.image))
+        (raw,) = await self._timed(times, [model.segment_points.remote(item)])
         response = await run_in_threadpool(
-            point_masks_response,
-            raw,
-            self.tracker_processor,
-            height=height,
-            width=width,
-            mask_threshold=params.mask_threshold,
-            mask_format=params.mask_format,
-            model=self.config.model,
+            times.run, "postprocess", point_masks_response, raw, height=height, width=width,
+            mask_threshold=params.mask_threshold, mask_format=params.mask_format, model=self.config.model,
         )
-        self.metrics.returned(POINTS_PATH, len(response.instances))
-        return response
+        return await self._answer(POINTS_PATH, response, times)
 
     @api.post(VIDEO_PATH, responses={**ERRORS, 200: {"content": {NDJSON: {}}, "description": "one JSON line per "
               "frame (sdk.schema.VideoFrame) as it is computed, then a VideoSummary (or VideoError) line"}})

@@ -16,6 +16,7 @@ INSTANCES = "samfleet_instances_returned"
 BATCH_SIZE = "samfleet_batch_size"
 BATCHED_REQUESTS = "samfleet_batched_requests_total"
 IMAGE_ENCODINGS = "samfleet_image_encodings_total"
+TEXT_CACHE = "samfleet_text_cache_lookups_total"
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 INSTANCE_BOUNDARIES = [1, 2, 5, 10, 20, 50, 100, 200]
@@ -64,9 +65,53 @@ class BatchMetrics:
         self.requests.inc(batch_size, tags={"method": method})
 
 
+class TextCacheMetrics:
+    """Recorded by the model deployment: prompt lookups in the text-feature cache, by result."""
+
+    def __init__(self):
+        self.lookups = Counter(TEXT_CACHE, "Text prompts looked up in the text-feature cache, by result (hit/miss)",
+                               tag_keys=("result",))
+        self._seen = (0, 0)
+
+    def update(self, hits: int, misses: int) -> None:
+        """Count what the cache's running totals `hits` and `misses` added since the last update."""
+        seen_hits, seen_misses = self._seen
+        if hits > seen_hits:
+            self.lookups.inc(hits - seen_hits, tags={"result": "hit"})
+        if misses > seen_misses:
+            self.lookups.inc(misses - seen_misses, tags={"result": "miss"})
+        self._seen = (hits, misses)
+
+
 def image_encodings() -> Counter:
     """Recorded by the model deployment: with `segment_points` requests, the embedding cache's hit rate."""
     return Counter(IMAGE_ENCODINGS, "Images run through the vision encoder for point/box prompts (cache misses)")
+
+
+class StageTimes:
+    """Where one request's time went, for its `Server-Timing` response header (browsers' developer
+    tools and benchmarks/realistic_load.py read it): the CPU time of each stage run through `run`
+    (in the worker thread that runs it, so other requests' work is not counted) and the wall
+    time of each stage recorded with `waited` (the model call: transfer, queue and forward pass)."""
+
+    def __init__(self):
+        self.ms: dict[str, float] = {}
+
+    def run(self, stage: str, work, *args, **kwargs):
+        started = time.thread_time()
+        try:
+            return work(*args, **kwargs)
+        finally:
+            self._add(stage, (time.thread_time() - started) * 1000)
+
+    def waited(self, stage: str, seconds: float) -> None:
+        self._add(stage, seconds * 1000)
+
+    def _add(self, stage: str, ms: float) -> None:
+        self.ms[stage] = self.ms.get(stage, 0.0) + ms
+
+    def header(self) -> str:
+        return ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in self.ms.items())
 
 
 class RequestMetricsMiddleware:

@@ -10,8 +10,10 @@ from ray import serve
 
 from serving.config import ServiceConfig
 from serving.embedding_cache import EmbeddingCache
-from serving.metrics import BatchMetrics
+from serving.metrics import BatchMetrics, TextCacheMetrics
+from serving.errors import ServiceError
 from serving.model_loader import load_sam3
+from serving.output_double import SegmentOutputDouble, is_output_double
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
 from serving.video_loader import load_sam3_video
 from serving.video_tracking import Sam3VideoTracker, TrackedFrame, TrackRequest, track_video
@@ -23,11 +25,16 @@ DEFAULT_BATCH = ServiceConfig().batching
 class SAM3Model:
     def __init__(self, config: dict):
         self.config = ServiceConfig.model_validate(config)
-        self.loaded = load_sam3(self.config)
-        self.predictor = Sam3Predictor(self.loaded)
-        self.video = Sam3VideoTracker(load_sam3_video(self.loaded, self.config.model))
-        self.embeddings = EmbeddingCache(self.predictor, self.config.embedding_cache_mb)
         self.batches = BatchMetrics(self.config.batching.max_batch_size)
+        self.text_metrics = TextCacheMetrics()
+        if is_output_double(self.config.model):  # the benchmarks' stand-in for a GPU: no model at all
+            self.segmenter: Sam3Predictor | SegmentOutputDouble = SegmentOutputDouble(self.config.model)
+            self.predictor = None
+        else:
+            self.loaded = load_sam3(self.config)
+            self.segmenter = self.predictor = Sam3Predictor(self.loaded, self.config.text_cache_entries)
+            self.video = Sam3VideoTracker(load_sam3_video(self.loaded, self.config.model))
+            self.embeddings = EmbeddingCache(self.predictor, self.config.embedding_cache_mb)
         for batched in (self.segment, self.segment_points):
             batched.set_max_batch_size(self.config.batching.max_batch_size)
             batched.set_batch_wait_timeout_s(self.config.batching.batch_wait_timeout_s)
@@ -37,10 +44,14 @@ class SAM3Model:
     async def segment(self, items: list[SegmentItem]) -> list[RawDetections]:
         self.batches.ran("segment", len(items))
         # In a worker thread so the replica keeps accepting (and batching) requests meanwhile.
-        return await asyncio.to_thread(self.predictor.segment, items)
+        raws = await asyncio.to_thread(self.segmenter.segment, items)
+        if self.predictor is not None:
+            self.text_metrics.update(self.predictor.texts.hits, self.predictor.texts.misses)
+        return raws
 
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
+        self._real_model()
         self.batches.ran("segment_points", len(items))
         # The image key the ingress sent; Serve splits batches by it, so it is one per batch.
         embeddings = await self.embeddings.embeddings(items, serve.get_multiplexed_model_id())
@@ -53,14 +64,24 @@ class SAM3Model:
         replica's weights (serving.video_loader), so a GPU holds one copy, and image requests keep
         being batched on the replica while a video runs in a worker thread.
         """
+        self._real_model()
         frames = track_video(data, request, self.video, self.config.limits.max_video_frames)
         while (frame := await asyncio.to_thread(next, frames, None)) is not None:
             yield frame
 
+    def _real_model(self) -> Sam3Predictor:
+        if self.predictor is None:
+            raise ServiceError(422, "not_available", "this service runs the benchmarks' output double, which only "
+                               "answers /v1/segment; point and video requests need a real model")
+        return self.predictor
+
     def describe(self) -> dict:
+        if self.predictor is None:
+            return self.segmenter.describe()
         return {
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "tiny_random_model": self.loaded.tiny,
             "embedding_cache": self.embeddings.describe(),
+            "text_cache": self.predictor.texts.describe(),
         }

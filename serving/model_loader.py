@@ -46,9 +46,18 @@ def load_processors(model: str) -> tuple[Sam3Processor, Sam3TrackerProcessor]:
     return from_pretrained(Sam3Processor, model), from_pretrained(Sam3TrackerProcessor, model)
 
 
+def use_tf32() -> None:
+    """TensorFloat-32 matmuls and convolutions, as SAM3's authors run it on Ampere and newer GPUs:
+    the float32 parts of the model (its bfloat16 autocast leaves some) at tensor-core speed."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def load_sam3(config: ServiceConfig) -> LoadedSam3:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    if device.type == "cuda":
+        use_tf32()
     # safetensors only: a pickled .bin checkpoint can run code when loaded.
     detector = from_pretrained(Sam3Model, config.model, dtype=dtype, use_safetensors=True).to(device).eval()
     tracker = from_pretrained(Sam3TrackerModel, config.model, dtype=dtype, use_safetensors=True).to(device).eval()

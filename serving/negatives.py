@@ -10,15 +10,8 @@ The overlaps are pycocotools' mask IoU on RLE (the COCO reference implementation
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 from pycocotools import mask as coco_mask
-
-
-def rle(masks: Sequence[np.ndarray]) -> list[dict]:
-    """COCO RLE of HxW boolean masks."""
-    return [coco_mask.encode(np.asfortranarray(np.asarray(m, dtype=np.uint8))) for m in masks]
 
 
 def suppressed(wanted: list[dict], excluded: list[dict], *, iou: float, containment: float) -> np.ndarray:

@@ -1,44 +1,50 @@
 """Turn the model's raw low-res outputs into API responses (runs on the CPU ingress).
 
-The upsampling and binarisation are transformers' own post-processing functions, fed with
-the instances the GPU replica kept, so served masks equal in-process transformers masks.
+Scores and boxes come from transformers' own post-processing; each mask is upsampled by
+`serving.upsampling` only where it can be foreground, exactly as transformers' whole-image
+upsampling would give it, and is kept as a crop with its position: one instance at a time, in
+time and memory proportional to the object, however large the photo.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-from transformers import Sam3Processor, Sam3TrackerProcessor
+from transformers import Sam3Processor
 
 from sdk.masks import encode_mask
 from sdk.schema import Instance, MaskFormat, SegmentResponse
 from serving import negatives
 from serving.predictor import RawDetections, RawPointMasks
+from serving.upsampling import upsample_window
 
 
 @dataclass
 class Found:
-    """One instance before encoding.  `mask` covers the image from `origin` (x, y) on: the whole
-    image, or a crop of it where instances are assembled from tiles."""
+    """One instance before encoding: its mask is the crop `mask` at `origin` (x, y) of an image of
+    `size` (height, width), background elsewhere."""
 
     score: float
     box: tuple[float, float, float, float]  # xyxy pixels of the whole image
     mask: np.ndarray  # bool
     label: str
+    size: tuple[int, int]
     origin: tuple[int, int] = (0, 0)
+    _encoded: dict[MaskFormat, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def full_mask(self, height: int, width: int) -> np.ndarray:
-        if self.origin == (0, 0) and self.mask.shape == (height, width):
-            return self.mask
-        full = np.zeros((height, width), dtype=bool)
-        x, y = self.origin
-        h, w = self.mask.shape
-        full[y:y + h, x:x + w] = self.mask
-        return full
+    def encoded(self, mask_format: MaskFormat):
+        """The wire mask, computed from the crop once per format."""
+        if mask_format not in self._encoded:
+            self._encoded[mask_format] = encode_mask(self.mask, mask_format, origin=self.origin, size=self.size)
+        return self._encoded[mask_format]
+
+    def rle(self) -> dict:
+        """pycocotools' RLE dict, for mask overlaps."""
+        return {"size": list(self.size), "counts": self.encoded("rle").counts.encode("ascii")}
 
 
 def found_instances(
@@ -48,70 +54,66 @@ def found_instances(
     *,
     height: int,
     width: int,
-    threshold: float,
     mask_threshold: float,
     negative_iou: float,
     negative_containment: float,
 ) -> list[Found]:
-    """The wanted instances of every (label, excluded) query on one image of `height` x `width`,
-    minus those overlapping an instance of an excluded query."""
+    """The instances of every (label, excluded) query on one image of `height` x `width` (the
+    replica kept those above the score threshold), minus those overlapping an instance of an
+    excluded query."""
     wanted: list[Found] = []
-    excluded: list[np.ndarray] = []
+    excluded: list[Found] = []
     for raw, (label, is_excluded) in zip(raws, queries, strict=True):
-        outputs = SimpleNamespace(
-            pred_logits=torch.from_numpy(raw.pred_logits)[None],
-            pred_boxes=torch.from_numpy(raw.pred_boxes)[None],
-            pred_masks=torch.from_numpy(raw.pred_masks)[None],
-            presence_logits=torch.from_numpy(raw.presence_logits)[None],
-        )
-        (result,) = processor.post_process_instance_segmentation(
-            outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[(height, width)]
-        )
-        masks = list(result["masks"].numpy().astype(bool))
-        if is_excluded:
-            excluded += masks
-        else:
-            wanted += [Found(float(score), _clip_box(box, width, height), mask, label)
-                       for score, box, mask in zip(result["scores"].tolist(), result["boxes"].tolist(), masks)]
+        found = _detections(raw, processor, label, height, width, mask_threshold)
+        (excluded if is_excluded else wanted).extend(found)
     if excluded and wanted:
-        dropped = negatives.suppressed(negatives.rle([w.mask for w in wanted]), negatives.rle(excluded),
+        dropped = negatives.suppressed([w.rle() for w in wanted], [e.rle() for e in excluded],
                                        iou=negative_iou, containment=negative_containment)
         wanted = [w for w, drop in zip(wanted, dropped) if not drop]
     return wanted
 
 
+def _detections(raw: RawDetections, processor: Sam3Processor, label: str, height: int, width: int,
+                mask_threshold: float) -> list[Found]:
+    outputs = SimpleNamespace(
+        pred_logits=torch.from_numpy(raw.pred_logits)[None],
+        pred_boxes=torch.from_numpy(raw.pred_boxes)[None],
+        presence_logits=torch.from_numpy(raw.presence_logits)[None],
+    )
+    # The replica already applied the score threshold: every row it sent is kept.
+    (result,) = processor.image_processor.post_process_object_detection(
+        outputs, threshold=-math.inf, target_sizes=[(height, width)])
+    found = []
+    for score, box, window in zip(result["scores"].tolist(), result["boxes"].tolist(), raw.masks, strict=True):
+        mask, origin = upsample_window(window, raw.mask_size, (height, width), mask_threshold, probabilities=True)
+        found.append(Found(score, _clip_box(box, width, height), mask, label, (height, width), origin))
+    return found
+
+
 def segment_response(found: list[Found], *, height: int, width: int, mask_format: MaskFormat, model: str) -> SegmentResponse:
-    """The response listing `found`, best first; each mask is made whole-image only while it is encoded."""
+    """The response listing `found`, best first."""
     instances = [
-        Instance(mask=encode_mask(f.full_mask(height, width), mask_format), box=f.box, score=f.score, label=f.label)
+        Instance.model_construct(mask=f.encoded(mask_format), box=f.box, score=f.score, label=f.label)
         for f in sorted(found, key=lambda f: f.score, reverse=True)
     ]
-    return SegmentResponse(width=width, height=height, instances=instances, model=model)
+    return SegmentResponse.model_construct(width=width, height=height, instances=instances, model=model)
 
 
-def point_masks_response(
-    raw: RawPointMasks,
-    processor: Sam3TrackerProcessor,
-    *,
-    height: int,
-    width: int,
-    mask_threshold: float,
-    mask_format: MaskFormat,
-    model: str,
-) -> SegmentResponse:
-    (masks,) = processor.post_process_masks(
-        [torch.from_numpy(raw.masks)[None]], original_sizes=[(height, width)], mask_threshold=_logit(mask_threshold)
-    )
-    masks = masks[0].numpy()  # (K, H, W)
-    instances = [
-        Instance(mask=encode_mask(m, mask_format), box=mask_box(m), score=float(s), label="object")
-        for m, s in zip(masks, raw.scores)
-    ]
-    return SegmentResponse(width=width, height=height, instances=instances, model=model)
+def point_masks_response(raw: RawPointMasks, *, height: int, width: int, mask_threshold: float,
+                         mask_format: MaskFormat, model: str) -> SegmentResponse:
+    """As the tracker's `post_process_masks` thresholds the upsampled logits, crop by crop."""
+    instances = []
+    for window, score in zip(raw.masks, raw.scores, strict=True):
+        mask, origin = upsample_window(window, raw.mask_size, (height, width), logit(mask_threshold),
+                                       probabilities=False)
+        instances.append(Instance.model_construct(
+            mask=encode_mask(mask, mask_format, origin=origin, size=(height, width)),
+            box=mask_box(mask, origin), score=float(score), label="object"))
+    return SegmentResponse.model_construct(width=width, height=height, instances=instances, model=model)
 
 
-def _logit(p: float) -> float:
-    # post_process_masks thresholds mask logits; the API speaks in probabilities.
+def logit(p: float) -> float:
+    """The mask-logit threshold of a mask probability (the tracker thresholds logits)."""
     if p <= 0.0:
         return -math.inf
     if p >= 1.0:
@@ -124,8 +126,10 @@ def _clip_box(box: list[float], width: int, height: int) -> tuple[float, float, 
     return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
 
 
-def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+def mask_box(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> tuple[float, float, float, float]:
+    """xyxy of a (crop) mask's pixels in the whole image; zeros when it has none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(cols) == 0:
         return (0.0, 0.0, 0.0, 0.0)
-    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    x, y = origin
+    return (float(x + cols[0]), float(y + rows[0]), float(x + cols[-1] + 1), float(y + rows[-1] + 1))

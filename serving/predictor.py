@@ -1,8 +1,11 @@
-"""SAM3 inference on a batch of requests: pre-process, model, filter.  No Ray, no HTTP.
+"""SAM3 inference on a batch of requests: model inputs, model, filter.  No Ray, no HTTP.
 
-The model deployment wraps this; tests and benchmarks call it in-process.  It returns the
-model's raw low-resolution outputs for the instances that pass the score threshold; the
-ingress upsamples and encodes them (`serving.postprocess`), off the GPU replica.
+The model deployment wraps this; tests and benchmarks call it in-process.  Images arrive
+already resized to the model's input size (`model_image`, run on the CPU ingress), so the
+replica moves ~3 MB per image instead of a decoded photo, and only normalises and runs the
+model.  It returns the model's raw low-resolution outputs for the instances that pass the score
+threshold, each mask cut to where it can be foreground (`serving.upsampling`); the ingress
+upsamples and encodes them (`serving.postprocess`), off the GPU replica.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 
 from serving.model_loader import LoadedSam3
+from serving.text_features import TextFeatureCache
+from serving.upsampling import MaskWindow, support_windows
 
 T = TypeVar("T")
 
@@ -22,13 +27,39 @@ EXEMPLAR_ONLY_TEXT = "visual"  # what Sam3Processor feeds the text encoder when 
 
 
 @dataclass
+class ModelImage:
+    """An image as the model needs it: resized to the processor's input size, not yet normalised
+    (uint8, so 3 MB for SAM3's 1008x1008), with the size of the image it came from, which
+    prompts are given in and masks are upsampled to."""
+
+    pixels: torch.Tensor  # (3, h, w) uint8
+    original_size: tuple[int, int]  # (height, width)
+
+
+def model_image(image: np.ndarray, processor) -> ModelImage:
+    """`image` (HxWx3 uint8) resized exactly as `processor` (a Sam3Processor or
+    Sam3TrackerProcessor) resizes it: the processor given these pixels computes the same
+    pixel_values it computes from the original image."""
+    images = processor.image_processor
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return ModelImage(images.resize(pixels, size=images.size, resample=images.resample), image.shape[:2])
+
+
+def pixel_values(images: Sequence[ModelImage], processor) -> torch.Tensor:
+    """The normalised model input of prepared images (the processor's own rescale and normalise)."""
+    return processor.image_processor(images=[i.pixels for i in images], do_resize=False,
+                                     return_tensors="pt")["pixel_values"]
+
+
+@dataclass
 class SegmentItem:
-    image: np.ndarray  # HxWx3 uint8, EXIF-orientation applied
+    image: ModelImage
     prompts: list[str]  # empty: the exemplar boxes alone
-    boxes: list[list[float]] = field(default_factory=list)  # xyxy pixels
+    boxes: list[list[float]] = field(default_factory=list)  # xyxy pixels of the original image
     box_labels: list[int] = field(default_factory=list)  # 1 positive, 0 negative
     threshold: float = 0.5
     negative_prompts: list[str] = field(default_factory=list)
+    mask_threshold: float = 0.5  # mask probability; the replica keeps each mask where it can pass it
 
     def queries(self) -> list[tuple[str, bool]]:
         """(text, excluded) of each detection this request needs on its image: the prompts
@@ -39,21 +70,36 @@ class SegmentItem:
 
 @dataclass
 class RawDetections:
-    """Kept queries of one image, exactly as Sam3Model outputs them (low-res, logits)."""
+    """Kept queries of one image, exactly as Sam3Model outputs them (low-res, logits), each mask
+    only where it can pass the request's mask threshold."""
 
     pred_logits: np.ndarray  # (N,)
     pred_boxes: np.ndarray  # (N, 4) normalised xyxy
-    pred_masks: np.ndarray  # (N, h, w) mask logits
     presence_logits: np.ndarray  # (1,)
+    mask_size: tuple[int, int]  # the model's low-res mask grid (h, w)
+    masks: list[MaskWindow]  # (N,)
+
+    @classmethod
+    def of(cls, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, pred_masks: torch.Tensor,
+           presence_logits: torch.Tensor, mask_threshold: float) -> "RawDetections":
+        """From one image's kept model outputs (any device): (N,), (N, 4), (N, h, w), (1,)."""
+        return cls(
+            pred_logits=pred_logits.float().cpu().numpy(),
+            pred_boxes=pred_boxes.float().cpu().numpy(),
+            presence_logits=presence_logits.float().cpu().numpy(),
+            mask_size=(int(pred_masks.shape[-2]), int(pred_masks.shape[-1])),
+            masks=support_windows(pred_masks, mask_threshold, probabilities=True),
+        )
 
 
 @dataclass
 class PointsItem:
-    image: np.ndarray
-    points: list[list[float]] = field(default_factory=list)  # xy pixels
+    image: ModelImage
+    points: list[list[float]] = field(default_factory=list)  # xy pixels of the original image
     point_labels: list[int] = field(default_factory=list)  # 1 positive, 0 negative
     box: list[float] | None = None
     multimask: bool = False
+    mask_logit_threshold: float = 0.0  # the replica keeps each mask where it can pass it
 
 
 # The tracker's feature maps of one image, (1, C, h, w) per level: what `Sam3TrackerModel.forward`
@@ -63,7 +109,8 @@ ImageEmbedding = list[torch.Tensor]
 
 @dataclass
 class RawPointMasks:
-    masks: np.ndarray  # (K, h, w) mask logits, K = 3 with multimask else 1
+    mask_size: tuple[int, int]  # the tracker's low-res mask grid (h, w)
+    masks: list[MaskWindow]  # (K,) mask logits where they can pass the threshold; K = 3 with multimask else 1
     scores: np.ndarray  # (K,) predicted IoU
 
 
@@ -102,8 +149,9 @@ def group_indices(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list
 
 
 class Sam3Predictor:
-    def __init__(self, loaded: LoadedSam3):
+    def __init__(self, loaded: LoadedSam3, text_cache_entries: int = 0):
         self.m = loaded
+        self.texts = TextFeatureCache(loaded.detector, loaded.processor, text_cache_entries)
 
     def _to_model(self, inputs) -> dict:
         floating = {"pixel_values"}
@@ -123,37 +171,37 @@ class Sam3Predictor:
         for idx in group_indices(queries, lambda q: len(q.boxes)):
             group = [queries[k] for k in idx]
             has_boxes = bool(group[0].boxes)
+            images = list(dict.fromkeys(q.item for q in group))  # each image once, in order
             inputs = self._to_model(self.m.processor(
-                images=[items[q.item].image for q in group],
-                text=[q.text for q in group],
+                original_sizes=[items[q.item].image.original_size for q in group],
                 input_boxes=[q.boxes for q in group] if has_boxes else None,
                 input_boxes_labels=[q.box_labels for q in group] if has_boxes else None,
                 return_tensors="pt",
             ))
-            pixel_values = inputs.pop("pixel_values")
-            images = list(dict.fromkeys(q.item for q in group))  # each image once, in order
-            first_row = {item: [q.item for q in group].index(item) for item in images}
-            vision = self.m.detector.get_vision_features(pixel_values=pixel_values[[first_row[i] for i in images]])
-            row_image = torch.tensor([images.index(q.item) for q in group], device=pixel_values.device)
-            out = self.m.detector(vision_embeds=_rows(vision, row_image), **inputs)
+            # Text comes from the cache below; the processor tokenises a placeholder for boxes alone.
+            inputs.pop("input_ids", None)
+            inputs.pop("attention_mask", None)
+            pixels = pixel_values([items[i].image for i in images], self.m.processor)
+            vision = self.m.detector.get_vision_features(pixel_values=pixels.to(self.m.device, self.m.dtype))
+            row_image = torch.tensor([images.index(q.item) for q in group], device=self.m.device)
+            text = self.texts.features([q.text for q in group], self.m.device)
+            out = self.m.detector(vision_embeds=_rows(vision, row_image), text_embeds=text.embeds,
+                                  attention_mask=text.attention_mask, **inputs)
             logits = out.pred_logits.float()
             presence = out.presence_logits.float()
             scores = logits.sigmoid() * presence.sigmoid()
             for row, q in enumerate(group):
-                keep = scores[row] > items[q.item].threshold
-                results[q.item][q.slot] = RawDetections(
-                    pred_logits=logits[row][keep].cpu().numpy(),
-                    pred_boxes=out.pred_boxes[row][keep].float().cpu().numpy(),
-                    pred_masks=out.pred_masks[row][keep].float().cpu().numpy(),
-                    presence_logits=presence[row].cpu().numpy(),
-                )
+                item = items[q.item]
+                keep = scores[row] > item.threshold
+                results[q.item][q.slot] = RawDetections.of(logits[row][keep], out.pred_boxes[row][keep],
+                                                           out.pred_masks[row][keep], presence[row], item.mask_threshold)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+    def embed(self, images: Sequence[ModelImage]) -> list[ImageEmbedding]:
         """Each image through the tracker's vision encoder (the expensive part of a point prompt)."""
-        pixel_values = self.m.tracker_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        levels = self.m.tracker.get_image_embeddings(pixel_values.to(self.m.device, self.m.dtype))
+        pixels = pixel_values(images, self.m.tracker_processor)
+        levels = self.m.tracker.get_image_embeddings(pixels.to(self.m.device, self.m.dtype))
         return [[level[i : i + 1] for level in levels] for i in range(len(images))]
 
     @torch.inference_mode()
@@ -170,7 +218,7 @@ class Sam3Predictor:
             group = [items[i] for i in idx]
             first = group[0]
             inputs = self.m.tracker_processor(
-                original_sizes=[list(it.image.shape[:2]) for it in group],
+                original_sizes=[list(it.image.original_size) for it in group],
                 input_points=[[it.points] for it in group] if first.points else None,
                 input_labels=[[it.point_labels] for it in group] if first.points else None,
                 input_boxes=[[it.box] for it in group] if first.box is not None else None,
@@ -179,8 +227,12 @@ class Sam3Predictor:
             image_embeddings = [torch.cat(level) for level in zip(*(embeddings[i] for i in idx))]
             out = self.m.tracker(**self._to_model(inputs), image_embeddings=image_embeddings,
                                  multimask_output=first.multimask)
-            masks = out.pred_masks.float()  # (B, objects=1, K, h, w)
+            masks = out.pred_masks  # (B, objects=1, K, h, w)
             scores = out.iou_scores.float()  # (B, 1, K)
             for row, i in enumerate(idx):
-                results[i] = RawPointMasks(masks=masks[row, 0].cpu().numpy(), scores=scores[row, 0].cpu().numpy())
+                results[i] = RawPointMasks(
+                    mask_size=(int(masks.shape[-2]), int(masks.shape[-1])),
+                    masks=support_windows(masks[row, 0], items[i].mask_logit_threshold, probabilities=False),
+                    scores=scores[row, 0].cpu().numpy(),
+                )
         return results  # type: ignore[return-value]

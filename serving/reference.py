@@ -62,10 +62,11 @@ def on_target(found: list[Found], composite: Composite) -> list[Found]:
     kept = []
     width = composite.target_width
     for f in found:
-        mask = f.mask[:, :width]
+        mask = f.mask[:, :max(width - f.origin[0], 0)]  # the crop's columns left of the strip
         total = np.count_nonzero(f.mask)
         if total and np.count_nonzero(mask) / total < KEEP_INSIDE:
             continue
         x1, y1, x2, y2 = f.box
-        kept.append(replace(f, mask=mask, box=(min(x1, width), y1, min(x2, width), y2)))
+        kept.append(replace(f, mask=mask, size=(composite.target_height, width),
+                            box=(min(x1, width), y1, min(x2, width), y2)))
     return kept

@@ -8,6 +8,7 @@ in-process predictor or a test double in place of the model deployment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from transformers import Sam3Processor
@@ -17,7 +18,7 @@ from serving import reference, tiling
 from serving.errors import ServiceError
 from serving.http import check_box_inside
 from serving.postprocess import Found, found_instances
-from serving.predictor import RawDetections, SegmentItem
+from serving.predictor import ModelImage, RawDetections, SegmentItem
 
 EXEMPLAR_LABEL = "exemplar"
 
@@ -37,9 +38,9 @@ class SegmentJob:
         labels = [(text if item.prompts or excluded else EXEMPLAR_LABEL, excluded) for text, excluded in item.queries()]
         found = [
             found_instances(
-                raw, labels, processor, height=it.image.shape[0], width=it.image.shape[1],
-                threshold=self.params.threshold, mask_threshold=self.params.mask_threshold,
-                negative_iou=self.params.negative_iou, negative_containment=self.params.negative_containment,
+                raw, labels, processor, height=it.image.original_size[0], width=it.image.original_size[1],
+                mask_threshold=self.params.mask_threshold, negative_iou=self.params.negative_iou,
+                negative_containment=self.params.negative_containment,
             )
             for raw, it in zip(raws, self.items, strict=True)
         ]
@@ -50,10 +51,11 @@ class SegmentJob:
         return found[0]
 
 
-def plan_segment(image: np.ndarray, params: SegmentParams, limits: Limits,
+def plan_segment(image: np.ndarray, params: SegmentParams, limits: Limits, prepare: Callable[[np.ndarray], ModelImage],
                  reference_image: np.ndarray | None = None) -> SegmentJob:
-    """The job for `params` on `image`; ServiceError (422) for boxes outside their image,
-    reference exemplars without a reference image (or the reverse), or too many tiles."""
+    """The job for `params` on `image`, each window's pixels made ready for the model by `prepare`
+    (`predictor.model_image` with the model's processor); ServiceError (422) for boxes outside
+    their image, reference exemplars without a reference image (or the reverse), or too many tiles."""
     height, width = image.shape[:2]
     for i, ex in enumerate(params.exemplars):
         check_box_inside(f"exemplars.{i}.box", ex.box, width, height)
@@ -73,12 +75,13 @@ def plan_segment(image: np.ndarray, params: SegmentParams, limits: Limits,
                            f"the limit is {limits.max_tiles}", "tiling")
     items = [
         SegmentItem(
-            image=window.crop(image),
+            image=prepare(window.crop(image)),
             prompts=params.texts(),
             boxes=boxes,
             box_labels=[int(ex.label == "positive") for ex in exemplars],
             threshold=params.threshold,
             negative_prompts=params.negative_prompts,
+            mask_threshold=params.mask_threshold,
         )
         for window in windows
     ]

@@ -35,10 +35,7 @@ class Window:
     y1: int
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        if (self.x0, self.y0) == (0, 0) and self.size == image.shape[:2]:
-            return image
-        # Contiguous: each tile is shipped to the model replica on its own.
-        return np.ascontiguousarray(image[self.y0:self.y1, self.x0:self.x1])
+        return image[self.y0:self.y1, self.x0:self.x1]
 
     def intersect(self, other: "Window") -> "Window | None":
         x0, y0 = max(self.x0, other.x0), max(self.y0, other.y0)
@@ -89,16 +86,19 @@ class _Piece:
         return Window(x, y, x + w, y + h)
 
 
-def _piece(found: Found, window: Window, fine: bool) -> _Piece:
+def _piece(found: Found, window: Window, whole: Window, fine: bool) -> _Piece:
+    """`found` (a crop in `window`'s coordinates) as a crop of the whole image, trimmed to its pixels."""
     ys, xs = np.nonzero(found.mask)
     y0, y1 = (int(ys.min()), int(ys.max()) + 1) if len(ys) else (0, 0)
     x0, x1 = (int(xs.min()), int(xs.max()) + 1) if len(xs) else (0, 0)
+    x, y = found.origin
     x1b, y1b, x2b, y2b = found.box
     shifted = replace(
         found,
         mask=found.mask[y0:y1, x0:x1],
-        origin=(window.x0 + x0, window.y0 + y0),
+        origin=(window.x0 + x + x0, window.y0 + y + y0),
         box=(x1b + window.x0, y1b + window.y0, x2b + window.x0, y2b + window.y0),
+        size=whole.size,
     )
     return _Piece(shifted, window, fine)
 
@@ -107,7 +107,8 @@ def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merg
     """One list of whole-image instances from the instances found in each window (window
     coordinates), parts of one object joined."""
     whole = Window(0, 0, max(w.x1 for w in windows), max(w.y1 for w in windows))
-    pieces = [_piece(f, w, fine=w != whole or len(windows) == 1) for fs, w in zip(found_per_window, windows) for f in fs]
+    pieces = [_piece(f, w, whole, fine=w != whole or len(windows) == 1)
+              for fs, w in zip(found_per_window, windows) for f in fs]
     pairs = [(i, j) for i, a in enumerate(pieces) for j in range(i + 1, len(pieces))
              if a.window != pieces[j].window and a.found.label == pieces[j].found.label
              and _same_object(a, pieces[j], merge_iou)]
@@ -159,6 +160,7 @@ def _assembled(group: list[_Piece]) -> Found:
              float(extent.x0 + xs.max() + 1), float(extent.y0 + ys.max() + 1)),
         mask=mask,
         label=best.found.label,
+        size=best.found.size,
         origin=(extent.x0, extent.y0),
     )
 

@@ -51,7 +51,7 @@ def _small_transformer(**extra) -> dict:
     return {"hidden_size": _WIDTH, "num_attention_heads": 2, "intermediate_size": 2 * _WIDTH, **extra}
 
 
-def _tokenizer():
+def byte_tokenizer():
     """A byte-level CLIP tokenizer with no merges: every byte is one token.
 
     The real CLIP vocabulary cannot be downloaded here; a merge-free byte vocabulary is the
@@ -86,7 +86,7 @@ def build_random_model(out_dir: str | Path, seed: int = 0, *, full_size: bool) -
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()
+    tokenizer = byte_tokenizer()
     if full_size:
         config, image_processor, notice = Sam3VideoConfig(), Sam3ImageProcessor(), FULL_SIZE_NOTICE
     else:

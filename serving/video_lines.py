@@ -9,11 +9,12 @@ from serving.video_tracking import TrackedFrame
 
 
 def frame_line(tracked: TrackedFrame, frame_count: int, mask_format: MaskFormat) -> VideoFrame:
-    instances = [
-        TrackedInstance(object_id=object_id, mask=encode_mask(mask, mask_format), box=mask_box(mask), score=score,
-                        label=label)
-        for object_id, mask, score, label in zip(tracked.object_ids, tracked.masks(), tracked.scores, tracked.labels)
-    ]
+    size = (tracked.height, tracked.width)
+    instances = []
+    for object_id, mask, score, label in zip(tracked.object_ids, tracked.masks, tracked.scores, tracked.labels):
+        crop, origin = mask.crop(), (mask.x, mask.y)
+        instances.append(TrackedInstance(object_id=object_id, mask=encode_mask(crop, mask_format, origin=origin, size=size),
+                                         box=mask_box(crop, origin), score=score, label=label))
     return VideoFrame(frame_index=tracked.frame_index, frame_count=frame_count, width=tracked.width,
                       height=tracked.height, instances=sorted(instances, key=lambda i: i.object_id))
 

@@ -33,8 +33,31 @@ class TrackRequest:
 
 
 @dataclass
+class TrackedMask:
+    """One object's mask on a frame: its bounding-box crop, bit-packed (8x smaller), at (x, y).
+    The crop, not the frame, travels from the GPU replica to the ingress and is encoded there."""
+
+    x: int
+    y: int
+    cols: int
+    packed: np.ndarray  # np.packbits of the (rows, cols) bool crop along its rows
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "TrackedMask":
+        """The crop of an (H, W) bool mask (any device: only the crop is copied to the host)."""
+        rows, cols = torch.nonzero(mask.any(dim=1)), torch.nonzero(mask.any(dim=0))
+        if len(rows) == 0:
+            return cls(0, 0, 0, np.zeros((0, 0), np.uint8))
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return cls(x0, y0, x1 - x0, np.packbits(mask[y0:y1, x0:x1].cpu().numpy(), axis=-1))
+
+    def crop(self) -> np.ndarray:
+        return np.unpackbits(self.packed, axis=-1, count=self.cols).astype(bool)
+
+
+@dataclass
 class TrackedFrame:
-    """One frame's objects.  Masks travel bit-packed (8x smaller) from the GPU replica to the ingress."""
+    """One frame's objects."""
 
     frame_index: int
     height: int
@@ -42,22 +65,20 @@ class TrackedFrame:
     object_ids: list[int]
     scores: list[float]
     labels: list[str]
-    packed_masks: np.ndarray  # np.packbits of the (N, H, W) bool masks along the last axis
+    masks: list[TrackedMask]
 
     @classmethod
-    def of(cls, frame_index: int, masks: np.ndarray, object_ids: list[int], scores: list[float],
+    def of(cls, frame_index: int, masks: torch.Tensor, object_ids: list[int], scores: list[float],
            labels: list[str]) -> "TrackedFrame":
+        """From the frame's (N, H, W) bool masks."""
         _, height, width = masks.shape
-        return cls(frame_index, height, width, object_ids, scores, labels, np.packbits(masks, axis=-1))
-
-    def masks(self) -> np.ndarray:
-        return np.unpackbits(self.packed_masks, axis=-1, count=self.width).astype(bool)
+        return cls(frame_index, height, width, object_ids, scores, labels, [TrackedMask.of(m) for m in masks])
 
 
 class VideoTracker(Protocol):
-    def track(self, frames: Iterable[np.ndarray], request: TrackRequest) -> Iterator[tuple[np.ndarray, list[int], list[float], list[str]]]:
-        """For each frame, in order, as soon as it is computed: its (N, H, W) bool masks, object
-        ids, scores and labels.  `frames` start at `request.frame`."""
+    def track(self, frames: Iterable[np.ndarray], request: TrackRequest) -> Iterator[tuple[torch.Tensor, list[int], list[float], list[str]]]:
+        """For each frame, in order, as soon as it is computed: its (N, H, W) bool masks (any
+        device), object ids, scores and labels.  `frames` start at `request.frame`."""
 
 
 def track_video(data: bytes, request: TrackRequest, tracker: VideoTracker, max_frames: int) -> Iterator[TrackedFrame]:
@@ -77,7 +98,7 @@ def track_video(data: bytes, request: TrackRequest, tracker: VideoTracker, max_f
             object_ids += [ids.setdefault((source, raw), len(ids) + 1) for raw in part_ids]
             scores += part_scores
             labels += part_labels
-        yield TrackedFrame.of(index, np.concatenate(masks), object_ids, scores, labels)
+        yield TrackedFrame.of(index, torch.cat(masks), object_ids, scores, labels)
 
 
 def _trackings(tracker: VideoTracker, frames: Iterable[np.ndarray], request: TrackRequest) -> Iterator[tuple]:
@@ -114,7 +135,7 @@ class Sam3VideoTracker:
                 out = self.m.video(inference_session=session, frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype))
                 post = processor.postprocess_outputs(session, out, original_sizes=inputs.original_sizes)
             ids = post["object_ids"].tolist()
-            yield post["masks"].cpu().numpy(), ids, post["scores"].float().tolist(), [request.prompt] * len(ids)
+            yield post["masks"], ids, post["scores"].float().tolist(), [request.prompt] * len(ids)
 
     def _points(self, frames, request):
         processor = self.m.tracker_video_processor
@@ -131,4 +152,4 @@ class Sam3VideoTracker:
                                            frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype))
                 (masks,) = processor.post_process_masks([out.pred_masks], original_sizes=inputs.original_sizes)
             score = out.object_score_logits.float().sigmoid()[0, 0].item()
-            yield masks[:, 0].cpu().numpy(), [POINTS_OBJECT_ID], [score], [POINTS_LABEL]
+            yield masks[:, 0], [POINTS_OBJECT_ID], [score], [POINTS_LABEL]

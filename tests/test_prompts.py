@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pycocotools import mask as coco_mask
 
 import reference as ref_impl
 from sdk import ValidationError
-from serving.negatives import rle, suppressed
+from serving.negatives import suppressed
 from test_bad_input import assert_error, b64, png, post_json
 from test_served_equals_inprocess import assert_same_instances
+
+
+def rle(masks):
+    """COCO RLE of whole-image boolean masks, as the service's instances carry them."""
+    return [coco_mask.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
 
 
 def rectangle(x1, y1, x2, y2, height=40, width=60) -> np.ndarray:

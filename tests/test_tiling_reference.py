@@ -16,6 +16,7 @@ from compare import assert_results_match
 from sdk import ValidationError
 from sdk.schema import Limits, SegmentParams, Tiling
 from serving.postprocess import Found, segment_response
+from serving.predictor import model_image
 from serving.segmentation import EXEMPLAR_LABEL, plan_segment
 from serving.tiling import Window, plan
 from test_bad_input import assert_error, b64, png, post_json
@@ -38,8 +39,9 @@ def paint(image: np.ndarray, box: tuple[int, int, int, int], color: str) -> tupl
 
 def run(image, params: SegmentParams, processor, reference_image=None) -> list[Found]:
     """One /v1/segment request run in-process on the test double."""
-    job = plan_segment(image, params, Limits(), reference_image)
-    return job.finish(ColorBlobSegmenter().segment(job.items), processor)
+    segmenter = ColorBlobSegmenter()
+    job = plan_segment(image, params, Limits(), segmenter.prepare, reference_image)
+    return job.finish(segmenter.segment(job.items), processor)
 
 
 def iou(found: Found, box: tuple[int, int, int, int]) -> float:
@@ -152,7 +154,7 @@ def test_reference_exemplar_finds_what_the_other_image_shows(processor):
     found = run(target, params, processor, reference_image=other)
     assert matches(found, reds, 0.9) == [1, 1, 1]
     assert len(found) == 3, "the pasted example itself is not returned"
-    assert all(f.mask.shape == target.shape[:2] for f in found)
+    assert all(f.size == target.shape[:2] and f.origin[0] + f.mask.shape[1] <= target.shape[1] for f in found)
     assert all(f.box[2] <= target.shape[1] for f in found)
     assert {f.label for f in found} == {EXEMPLAR_LABEL}
 
@@ -160,7 +162,7 @@ def test_reference_exemplar_finds_what_the_other_image_shows(processor):
 def test_reference_composite_puts_the_boxed_example_on_a_strip(processor):
     target, reds, other, example = reference_scene()
     params = SegmentParams(reference_exemplars=[{"box": dict(zip(["x1", "y1", "x2", "y2"], example))}])
-    job = plan_segment(target, params, Limits(), other)
+    job = plan_segment(target, params, Limits(), ColorBlobSegmenter().prepare, other)
     composite = job.composite
     assert composite.image.shape[0] == 600 and 800 < composite.image.shape[1] <= 800 * 1.25
     assert np.array_equal(composite.image[:, :800], target)
@@ -183,7 +185,7 @@ def predictor(tiny_model):
 
 
 def in_process(predictor, processor, tiny_model, image, params, reference_image=None):
-    job = plan_segment(image, params, Limits(), reference_image)
+    job = plan_segment(image, params, Limits(), lambda pixels: model_image(pixels, processor), reference_image)
     found = job.finish(predictor.segment(job.items), processor)
     return segment_response(found, height=image.shape[0], width=image.shape[1], mask_format="rle", model=tiny_model)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 import av
 import cv2
 import numpy as np
+import torch
 
 from serving.video_tracking import TrackRequest
 
@@ -72,7 +73,7 @@ class MovingBlobTrackerDouble:
             previous = current
             ids = sorted(current)
             stack = np.stack([current[i] for i in ids]) if ids else np.zeros((0, *frame.shape[:2]), bool)
-            yield stack, ids, [1.0] * len(ids), [request.prompt or "object"] * len(ids)
+            yield torch.from_numpy(stack), ids, [1.0] * len(ids), [request.prompt or "object"] * len(ids)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
