@@ -39,13 +39,19 @@ def decode_mask(mask: Mask) -> np.ndarray:
     height, width = mask.size
     if isinstance(mask, RleMask):
         rle = {"size": [height, width], "counts": mask.counts.encode("ascii")}
-        return coco_mask.decode(rle).astype(bool)
+        return _as_bool(coco_mask.decode(rle))
     if isinstance(mask, PngMask):
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(mask.data)))).astype(bool)
     if not mask.polygons:
         return np.zeros((height, width), dtype=bool)
     rles = coco_mask.frPyObjects(mask.polygons, height, width)
-    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+    return _as_bool(coco_mask.decode(coco_mask.merge(rles)))
+
+
+def _as_bool(decoded: np.ndarray) -> np.ndarray:
+    """pycocotools' 0/1 uint8 mask seen as bool: a copy (`astype`) would briefly hold the
+    full-size mask twice."""
+    return decoded.view(bool)
 
 
 def rle_of(mask: Mask) -> dict:
