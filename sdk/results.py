@@ -48,8 +48,10 @@ class Result(SegmentResponse):
         It materialises every mask at once, N*H*W bytes (1.2 GB for 100 instances of 12 MP);
         to go one mask at a time use `for inst in result.instances: inst.array`, and
         `label_image()` for one HxW array of instance or category ids."""
-        out = np.empty((len(self.instances), self.height, self.width), dtype=bool)
-        for k, inst in enumerate(self.instances):  # filled in place: a list of masks to stack would double the peak
+        # Filled in place (a list of masks to stack would double the peak), each plane column-major
+        # like pycocotools' decoded masks (and np.stack of them), so filling is a copy, not a transpose.
+        out = np.empty((len(self.instances), self.width, self.height), dtype=bool).transpose(0, 2, 1)
+        for k, inst in enumerate(self.instances):
             out[k] = inst.array
         return out
 
