@@ -54,6 +54,15 @@ def _as_bool(decoded: np.ndarray) -> np.ndarray:
     return decoded.view(bool)
 
 
+def in_mask_order(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views of `target` (HxW or HxWxC) and the HxW `mask` whose `target[mask]` selects the same
+    pixels, walking the mask in its memory order.  numpy walks a boolean index row by row, ~20x
+    slower over a column-major mask, which is what pycocotools decodes (12 MP: 37 ms vs 2 ms)."""
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        return target.swapaxes(0, 1), mask.T
+    return target, mask
+
+
 def rle_of(mask: Mask) -> dict:
     """COCO RLE dict (counts as str) for any wire mask, e.g. for a COCO annotation file."""
     if isinstance(mask, RleMask):

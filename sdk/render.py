@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sdk.images import ImageInput, load_rgb
-from sdk.masks import decode_mask
+from sdk.masks import decode_mask, in_mask_order
 from sdk.schema import SegmentResponse
 
 
@@ -25,10 +25,10 @@ def overlay(image: ImageInput, result: SegmentResponse, alpha: float = 0.5, capt
     pixels = np.array(load_rgb(image))
     colours = palette(len(result.instances))
     for inst, colour in zip(result.instances, colours):
-        mask = decode_mask(inst.mask)
+        view, mask = in_mask_order(pixels, decode_mask(inst.mask))
         # Only the covered pixels go to float: a float32 copy of the whole image is 4x the output.
-        covered = pixels[mask].astype(np.float32)
-        pixels[mask] = (1 - alpha) * covered + alpha * np.asarray(colour, dtype=np.float32)
+        covered = view[mask].astype(np.float32)
+        view[mask] = (1 - alpha) * covered + alpha * np.asarray(colour, dtype=np.float32)
     out = Image.fromarray(pixels)
     draw = ImageDraw.Draw(out)
     for inst, colour in zip(result.instances, colours):

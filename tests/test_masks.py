@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdk.masks import decode_mask, encode_mask, rle_of
+from sdk.masks import decode_mask, encode_mask, in_mask_order, rle_of
 
 
 @pytest.fixture
@@ -39,3 +39,16 @@ def test_empty_mask_round_trips_in_every_format():
 
 def test_rle_of_png_equals_rle(mask):
     assert rle_of(encode_mask(mask, "png")) == rle_of(encode_mask(mask, "rle"))
+
+
+@pytest.mark.parametrize("fmt", ["rle", "png"])  # pycocotools decodes column-major, PNG row-major
+def test_in_mask_order_selects_the_same_pixels(mask, fmt):
+    decoded = decode_mask(encode_mask(mask, fmt))
+    for channels in ((), (3,)):
+        target = np.arange(mask.size * max(channels, default=1)).reshape(mask.shape + channels)
+        expected = target.copy()
+        expected[mask] = -1
+        view, order = in_mask_order(target, decoded)
+        assert sorted(view[order].ravel()) == sorted(target[mask].ravel())
+        view[order] = -1
+        np.testing.assert_array_equal(target, expected)

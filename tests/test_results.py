@@ -4,17 +4,19 @@ image keeps its meaning (best score wins, ids 1..N in instance order, uint16 pas
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sdk.masks import encode_mask
 from sdk.results import InstanceResult, Result
+from sdk.schema import MaskFormat
 
 
-def result_of(masks: list[np.ndarray], labels: list[str] | None = None) -> Result:
+def result_of(masks: list[np.ndarray], labels: list[str] | None = None, fmt: MaskFormat = "rle") -> Result:
     """A Result whose instances are `masks` in order, scores falling (as the service sorts them)."""
     height, width = masks[0].shape
     labels = labels or ["thing"] * len(masks)
-    instances = [InstanceResult(mask=encode_mask(m, "rle"), box=(0, 0, width, height), score=1 - k / (len(masks) + 1),
+    instances = [InstanceResult(mask=encode_mask(m, fmt), box=(0, 0, width, height), score=1 - k / (len(masks) + 1),
                                 label=label) for k, (m, label) in enumerate(zip(masks, labels))]
     return Result(width=width, height=height, instances=instances, model="test")
 
@@ -52,9 +54,10 @@ def test_masks_stack_every_instance_in_order():
     assert empty.masks.shape == (0, 12, 16) and empty.masks.dtype == bool
 
 
-def test_label_image_best_score_wins_where_masks_overlap():
+@pytest.mark.parametrize("fmt", ["rle", "png"])  # column-major and row-major decoded masks
+def test_label_image_best_score_wins_where_masks_overlap(fmt):
     masks = overlapping_rectangles()
-    result = result_of(masks, labels=["cat", "dog", "cat"])
+    result = result_of(masks, labels=["cat", "dog", "cat"], fmt=fmt)
     ids = result.label_image()
     assert ids.dtype == np.uint8
     np.testing.assert_array_equal(ids, first_covering(masks))
