@@ -63,6 +63,12 @@ def in_mask_order(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     return target, mask
 
 
+def paint(target: np.ndarray, mask: np.ndarray, value: int) -> None:
+    """`target[mask] = value`, in the mask's memory order (`in_mask_order`)."""
+    pixels, order = in_mask_order(target, mask)
+    pixels[order] = value
+
+
 def rle_of(mask: Mask) -> dict:
     """COCO RLE dict (counts as str) for any wire mask, e.g. for a COCO annotation file."""
     if isinstance(mask, RleMask):

@@ -20,15 +20,20 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     ]
 
 
+def _tint(pixels: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:
+    """Blend `colour` into the HxWx3 uint8 `pixels` under `mask`, in place."""
+    view, order = in_mask_order(pixels, mask)
+    # Only the covered pixels go to float: a float32 copy of the whole image is 4x the output.
+    covered = view[order].astype(np.float32)
+    view[order] = (1 - alpha) * covered + alpha * np.asarray(colour, dtype=np.float32)
+
+
 def overlay(image: ImageInput, result: SegmentResponse, alpha: float = 0.5, caption: str | None = None) -> Image.Image:
     """The image with each instance's mask tinted, its box drawn and its label and score written."""
     pixels = np.array(load_rgb(image))
     colours = palette(len(result.instances))
     for inst, colour in zip(result.instances, colours):
-        view, mask = in_mask_order(pixels, decode_mask(inst.mask))
-        # Only the covered pixels go to float: a float32 copy of the whole image is 4x the output.
-        covered = view[mask].astype(np.float32)
-        view[mask] = (1 - alpha) * covered + alpha * np.asarray(colour, dtype=np.float32)
+        _tint(pixels, decode_mask(inst.mask), colour, alpha)  # a call, so each mask is freed before the next is decoded
     out = Image.fromarray(pixels)
     draw = ImageDraw.Draw(out)
     for inst, colour in zip(result.instances, colours):

@@ -15,7 +15,7 @@ from pydantic import PrivateAttr
 
 from sdk import coco
 from sdk.images import ImageInput
-from sdk.masks import decode_mask, in_mask_order
+from sdk.masks import decode_mask, paint
 from sdk.render import overlay
 from sdk.schema import Instance, SegmentResponse
 
@@ -78,8 +78,7 @@ class Result(SegmentResponse):
         dtype = np.uint8 if max(ids, default=0) <= 255 else np.uint16
         out = np.zeros((self.height, self.width), dtype=dtype)
         for inst, value in reversed(list(zip(self.instances, ids))):  # lowest score first, so the best paints last
-            pixels, mask = in_mask_order(out, inst.array)
-            pixels[mask] = value
+            paint(out, inst.array, value)  # a call, so each mask is freed before the next is decoded
         return out
 
     def save_png(self, path: str | Path, kind: Literal["instance", "category"] = "instance",
