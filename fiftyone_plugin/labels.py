@@ -34,22 +34,28 @@ class FrameResult(VideoFrame):
     instances: list[TrackedInstanceResult]
 
 
-def pixel_box(instance: InstanceResult, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) in whole pixels covering the predicted box and every mask pixel."""
-    x1, y1, x2, y2 = instance.box
-    box = [math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)]
-    ys, xs = np.nonzero(instance.array)
+def pixel_box(box: tuple[float, float, float, float], mask: np.ndarray, width: int,
+              height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) in whole pixels covering the predicted xyxy `box` and every pixel of the
+    HxW boolean `mask`."""
+    x1, y1, x2, y2 = box
+    bounds = [math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)]
+    # Occupied rows and columns rather than np.nonzero: two index arrays per mask pixel would
+    # outweigh the mask itself for a large object.
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if len(xs):
-        box = [min(box[0], xs.min()), min(box[1], ys.min()), max(box[2], xs.max() + 1), max(box[3], ys.max() + 1)]
-    x0, y0 = min(max(int(box[0]), 0), width - 1), min(max(int(box[1]), 0), height - 1)
-    return x0, y0, max(min(int(box[2]), width), x0 + 1), max(min(int(box[3]), height), y0 + 1)
+        bounds = [min(bounds[0], xs[0]), min(bounds[1], ys[0]), max(bounds[2], xs[-1] + 1), max(bounds[3], ys[-1] + 1)]
+    x0, y0 = min(max(int(bounds[0]), 0), width - 1), min(max(int(bounds[1]), 0), height - 1)
+    return x0, y0, max(min(int(bounds[2]), width), x0 + 1), max(min(int(bounds[3]), height), y0 + 1)
 
 
 def to_detection(instance: InstanceResult, width: int, height: int, prompt: str,
                  mask_path: Path | None = None) -> fo.Detection:
     """A Detection whose mask (inline, or a PNG at `mask_path`) is cropped to its bounding box."""
-    x0, y0, x1, y1 = pixel_box(instance, width, height)
-    crop = instance.array[y0:y1, x0:x1]
+    mask = instance.array
+    x0, y0, x1, y1 = pixel_box(instance.box, mask, width, height)
+    # A copy, not a view: a view would keep the full-size mask alive as long as the Detection.
+    crop = mask[y0:y1, x0:x1].copy()
     detection = fo.Detection(
         label=instance.label,
         bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],

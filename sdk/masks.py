@@ -50,13 +50,34 @@ def decode_mask(mask: Mask) -> np.ndarray:
     height, width = mask.size
     if isinstance(mask, RleMask):
         rle = {"size": [height, width], "counts": mask.counts.encode("ascii")}
-        return coco_mask.decode(rle).astype(bool)
+        return _as_bool(coco_mask.decode(rle))
     if isinstance(mask, PngMask):
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(mask.data)))).astype(bool)
     if not mask.polygons:
         return np.zeros((height, width), dtype=bool)
     rles = coco_mask.frPyObjects(mask.polygons, height, width)
-    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+    return _as_bool(coco_mask.decode(coco_mask.merge(rles)))
+
+
+def _as_bool(decoded: np.ndarray) -> np.ndarray:
+    """pycocotools' 0/1 uint8 mask seen as bool: a copy (`astype`) would briefly hold the
+    full-size mask twice."""
+    return decoded.view(bool)
+
+
+def in_mask_order(target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views of `target` (HxW or HxWxC) and the HxW `mask` whose `target[mask]` selects the same
+    pixels, walking the mask in its memory order.  numpy walks a boolean index row by row, ~20x
+    slower over a column-major mask, which is what pycocotools decodes (12 MP: 37 ms vs 2 ms)."""
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        return target.swapaxes(0, 1), mask.T
+    return target, mask
+
+
+def paint(target: np.ndarray, mask: np.ndarray, value: int) -> None:
+    """`target[mask] = value`, in the mask's memory order (`in_mask_order`)."""
+    pixels, order = in_mask_order(target, mask)
+    pixels[order] = value
 
 
 def rle_of(mask: Mask) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sdk.masks import decode_mask
+from sdk.masks import decode_mask, paint
 from sdk.schema import VideoFrame
 
 
@@ -17,7 +17,7 @@ def object_id_image(frame: VideoFrame) -> np.ndarray:
     """HxW uint16: each pixel the `object_id` of the object there, 0 for background."""
     image = np.zeros((frame.height, frame.width), dtype=np.uint16)
     for instance in frame.instances:
-        image[decode_mask(instance.mask)] = instance.object_id
+        paint(image, decode_mask(instance.mask), instance.object_id)
     return image
 
 

@@ -79,10 +79,10 @@ def assert_labels_match_sdk(sample: fo.Sample, field: str, expected: dict) -> No
         for det in mine:
             # Pair by score and box together: the tiny model's near-duplicates tie on either alone.
             twin = min(result.instances, key=lambda inst: abs(inst.score - det.confidence)
-                       + np.abs(np.array(pixel_box(inst, w, h)) - box_pixels(det, w, h)).sum())
+                       + np.abs(np.array(pixel_box(inst.box, inst.array, w, h)) - box_pixels(det, w, h)).sum())
             assert det.label == prompt
             assert det.confidence == pytest.approx(twin.score, abs=SCORE_ATOL)
-            assert np.abs(box_pixels(det, w, h) - pixel_box(twin, w, h)).max() <= 1 + 1e-6
+            assert np.abs(box_pixels(det, w, h) - pixel_box(twin.box, twin.array, w, h)).max() <= 1 + 1e-6
             assert (full_mask(det, w, h) != twin.array).mean() <= MAX_MASK_MISMATCH
 
 
@@ -98,7 +98,7 @@ def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
     w, h = result.width, result.height
     for det, inst in zip(detections, instances):
         assert np.array_equal(full_mask(det, w, h), inst.array)
-        assert np.allclose(box_pixels(det, w, h), pixel_box(inst, w, h), atol=1e-6)
+        assert np.allclose(box_pixels(det, w, h), pixel_box(inst.box, inst.array, w, h), atol=1e-6)
         x1, y1, x2, y2 = inst.box
         bx1, by1, bx2, by2 = box_pixels(det, w, h)
         assert bx1 <= x1 + 1e-6 and by1 <= y1 + 1e-6 and bx2 >= x2 - 1e-6 and by2 >= y2 - 1e-6
@@ -309,7 +309,7 @@ def assert_frames_match_sdk(sample: fo.Sample, field: str, expected: dict[str, l
         assert len(detections) == len(wanted)
         for det, (prompt, inst) in zip(detections, wanted):
             assert (det.index, det.label, det.prompt, det.confidence) == (inst.object_id, inst.label, prompt, inst.score)
-            assert np.array_equal(box_pixels(det, w, h), pixel_box(inst, w, h))
+            assert np.array_equal(box_pixels(det, w, h), pixel_box(inst.box, inst.array, w, h))
             assert np.array_equal(full_mask(det, w, h), inst.array)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdk.masks import decode_mask, encode_mask, rle_of
+from sdk.masks import decode_mask, encode_mask, in_mask_order, rle_of
 
 
 @pytest.fixture
@@ -60,3 +60,15 @@ def test_a_crop_encodes_as_the_whole_image_it_stands_for():
         if trial % 8 == 0:
             for fmt in ("png", "polygon"):
                 assert encode_mask(crop, fmt, origin=(x, y), size=(height, width)) == encode_mask(whole, fmt)
+
+@pytest.mark.parametrize("fmt", ["rle", "png"])  # pycocotools decodes column-major, PNG row-major
+def test_in_mask_order_selects_the_same_pixels(mask, fmt):
+    decoded = decode_mask(encode_mask(mask, fmt))
+    for channels in ((), (3,)):
+        target = np.arange(mask.size * max(channels, default=1)).reshape(mask.shape + channels)
+        expected = target.copy()
+        expected[mask] = -1
+        view, order = in_mask_order(target, decoded)
+        assert sorted(view[order].ravel()) == sorted(target[mask].ravel())
+        view[order] = -1
+        np.testing.assert_array_equal(target, expected)
