@@ -27,9 +27,8 @@ MIB = 2**20
 def image_key(image: ModelImage) -> str:
     """The hash of the resized pixels: exactly what the encoder sees (EXIF orientation applied), so
     a photo sent once as its file and once re-encoded as PNG shares one entry."""
-    pixels = image.pixels.numpy()
-    digest = hashlib.blake2b(str(pixels.shape).encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(pixels).data)
+    digest = hashlib.blake2b(str(image.pixels.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(image.pixels).data)
     return digest.hexdigest()
 
 

@@ -32,7 +32,7 @@ class ModelImage:
     (uint8, so 3 MB for SAM3's 1008x1008), with the size of the image it came from, which
     prompts are given in and masks are upsampled to."""
 
-    pixels: torch.Tensor  # (3, h, w) uint8
+    pixels: np.ndarray  # (3, h, w) uint8; numpy, which Ray passes between processes without a copy
     original_size: tuple[int, int]  # (height, width)
 
 
@@ -42,12 +42,12 @@ def model_image(image: np.ndarray, processor) -> ModelImage:
     pixel_values it computes from the original image."""
     images = processor.image_processor
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    return ModelImage(images.resize(pixels, size=images.size, resample=images.resample), image.shape[:2])
+    return ModelImage(images.resize(pixels, size=images.size, resample=images.resample).numpy(), image.shape[:2])
 
 
 def pixel_values(images: Sequence[ModelImage], processor) -> torch.Tensor:
     """The normalised model input of prepared images (the processor's own rescale and normalise)."""
-    return processor.image_processor(images=[i.pixels for i in images], do_resize=False,
+    return processor.image_processor(images=[torch.from_numpy(i.pixels) for i in images], do_resize=False,
                                      return_tensors="pt")["pixel_values"]
 
 

@@ -37,7 +37,7 @@ class ColorBlobSegmenter:
         """What `plan_segment` sends this double (as `predictor.model_image` does for SAM3)."""
         size = self.input_size
         seen = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BOX))
-        return ModelImage(torch.from_numpy(seen).permute(2, 0, 1), image.shape[:2])
+        return ModelImage(np.ascontiguousarray(seen.transpose(2, 0, 1)), image.shape[:2])
 
     def segment(self, items: Sequence[SegmentItem]) -> list[list[RawDetections]]:
         return [[self._detect(item, text, excluded) for text, excluded in item.queries()] for item in items]
@@ -47,7 +47,7 @@ class ColorBlobSegmenter:
         if color is None and not excluded:
             color = self._exemplar_color(item)
         size = self.input_size
-        seen = item.image.pixels.permute(1, 2, 0).numpy().astype(int)
+        seen = item.image.pixels.transpose(1, 2, 0).astype(int)
         hit = np.abs(seen - np.array(color)).max(axis=2) < self.tolerance if color else np.zeros((size, size), bool)
         blobs, count = ndimage.label(hit)
         masks, boxes = [], []
@@ -73,7 +73,7 @@ class ColorBlobSegmenter:
         height, width = item.image.original_size
         scale_x, scale_y = self.input_size / width, self.input_size / height
         x1, y1, x2, y2 = positive[0]
-        seen = item.image.pixels.permute(1, 2, 0).numpy()
+        seen = item.image.pixels.transpose(1, 2, 0)
         inside = seen[int(round(y1 * scale_y)):max(int(round(y2 * scale_y)), int(round(y1 * scale_y)) + 1),
                       int(round(x1 * scale_x)):max(int(round(x2 * scale_x)), int(round(x1 * scale_x)) + 1)]
         return tuple(int(c) for c in np.median(inside.reshape(-1, 3), axis=0))
