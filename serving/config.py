@@ -66,6 +66,11 @@ class ServiceConfig(BaseModel):
         if not any(where.is_relative_to(Path(root).resolve()) for root in self.model_roots):
             raise ValueError(f"model {self.model!r} is not inside the allowed model_roots {self.model_roots}")
         return self
+    concurrent_decodes: int = Field(
+        default=2, gt=0,
+        description="images each ingress replica decodes and resizes at a time; each holds a decoded photo "
+        "(36 MB at 12 MP) and its resize buffers, so this bounds the ingress's memory whatever the load",
+    )
     text_cache_entries: int = Field(
         default=1024, ge=0,
         description="text prompts whose encoded features each SAM3 replica keeps (LRU, ~16 KB each for SAM3 "

@@ -111,18 +111,26 @@ class Ingress:
         api.state.api_key_hashes = self.config.auth.api_key_hashes
         api.state.body_limits = {VIDEO_PATH: self.config.limits.max_video_bytes}
         api.state.request_metrics = self.metrics = RequestMetrics(ENDPOINTS)
+        self.decode_slots = asyncio.Semaphore(self.config.concurrent_decodes)
         self.sampler = ClusterSampler(
             serve.get_replica_context().app_name, IMAGE_ENDPOINTS, self.config.status.sample_interval_s,
             self.config.status.window_s,
         )
 
-    async def _read(self, request: Request, json_model, params_model, times: StageTimes):
-        """({part: decoded image}, parameters), the prompt limits checked before any image is decoded."""
+    async def _prepared(self, request: Request, json_model, params_model, times: StageTimes, prepare):
+        """(prepare(decoded images, parameters), parameters).  The prompt limits are checked before
+        any image is decoded; decoding and `prepare` (which turns the photos into the model's
+        input) run in one of `concurrent_decodes` slots, so that however many requests are in
+        flight this replica holds at most that many decoded photos (36 MB each at 12 MP, and
+        their resize buffers); requests waiting for a slot hold only their upload."""
         data, params = await read_image_request(request, json_model, params_model)
         check_prompt_limits(self.config.limits, params)
-        images = {name: await run_in_threadpool(times.run, "decode", decode_image, raw, self.config.limits, name)
-                  for name, raw in data.items()}
-        return images, params
+        async with self.decode_slots:
+            return await run_in_threadpool(self._decode_and_prepare, data, params, times, prepare), params
+
+    def _decode_and_prepare(self, data: dict[str, bytes], params, times: StageTimes, prepare):
+        images = {name: times.run("decode", decode_image, raw, self.config.limits, name) for name, raw in data.items()}
+        return times.run("preprocess", prepare, images, params)
 
     async def _timed(self, times: StageTimes, calls):
         """The model deployment's answers to `calls` (DeploymentResponses), waited for together."""
@@ -187,13 +195,13 @@ class Ingress:
     @api.post(SEGMENT_PATH, response_model=SegmentResponse, responses=ERRORS)
     async def segment(self, request: Request) -> Response:
         times = StageTimes()
-        images, params = await self._read(request, SegmentRequest, SegmentParams, times)
-        height, width = images["image"].shape[:2]
-        job = await run_in_threadpool(times.run, "preprocess", plan_segment, images["image"], params,
-                                      self.config.limits, lambda pixels: model_image(pixels, self.processor),
-                                      images.get("reference_image"))
-        # The decoded photo is not kept while the model works: the job holds its resized windows.
-        del images
+
+        def plan(images, params):  # the job holds the resized windows: the photo is not kept
+            job = plan_segment(images["image"], params, self.config.limits,
+                               lambda pixels: model_image(pixels, self.processor), images.get("reference_image"))
+            return images["image"].shape[:2], job
+
+        ((height, width), job), params = await self._prepared(request, SegmentRequest, SegmentParams, times, plan)
         # Tiles go out as separate calls so the replicas' batching packs them into full batches.
         raws = await self._timed(times, [self.model.segment.remote(item) for item in job.items])
         found = await run_in_threadpool(times.run, "postprocess", job.finish, raws, self.processor)
@@ -206,21 +214,23 @@ class Ingress:
     @api.post(POINTS_PATH, response_model=SegmentResponse, responses=ERRORS)
     async def segment_points(self, request: Request) -> Response:
         times = StageTimes()
-        images, params = await self._read(request, PointsRequest, PointsParams, times)
-        image = images.pop("image")
-        height, width = image.shape[:2]
-        check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
-        if params.box is not None:
-            check_box_inside("box", params.box, width, height)
-        item = PointsItem(
-            image=await run_in_threadpool(times.run, "preprocess", model_image, image, self.tracker_processor),
-            points=[[p.x, p.y] for p in params.points],
-            point_labels=[int(p.label == "positive") for p in params.points],
-            box=params.box.xyxy() if params.box else None,
-            multimask=params.multimask,
-            mask_logit_threshold=logit(params.mask_threshold),
-        )
-        del image  # not kept while the model works: the item holds the resized pixels
+
+        def item_of(images, params) -> PointsItem:  # the item holds the resized pixels: the photo is not kept
+            height, width = images["image"].shape[:2]
+            check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
+            if params.box is not None:
+                check_box_inside("box", params.box, width, height)
+            return PointsItem(
+                image=model_image(images["image"], self.tracker_processor),
+                points=[[p.x, p.y] for p in params.points],
+                point_labels=[int(p.label == "positive") for p in params.points],
+                box=params.box.xyxy() if params.box else None,
+                multimask=params.multimask,
+                mask_logit_threshold=logit(params.mask_threshold),
+            )
+
+        item, params = await self._prepared(request, PointsRequest, PointsParams, times, item_of)
+        height, width = item.image.original_size
         model = self.model
         if self.config.embedding_cache_mb:
             # Routed to the replica that keeps this image's embedding, when one does.
