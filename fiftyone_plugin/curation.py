@@ -37,12 +37,15 @@ def needs_review(collection: foc.SampleCollection, label_field: str, min_score: 
 
 def save_needs_review(dataset: fo.Dataset, label_field: str, min_score: float) -> foc.SampleCollection:
     view = needs_review(dataset, label_field, min_score)
-    dataset.save_view(NEEDS_REVIEW_VIEW, view, overwrite=True,
-                      description=f"{label_field}: score < {min_score} or rejected")
+    dataset.save_view(
+        NEEDS_REVIEW_VIEW, view, overwrite=True, description=f"{label_field}: score < {min_score} or rejected"
+    )
     return view
 
 
-def counts_per_prompt(collection: foc.SampleCollection, label_field: str, min_score: float) -> dict[str, dict[str, int]]:
+def counts_per_prompt(
+    collection: foc.SampleCollection, label_field: str, min_score: float
+) -> dict[str, dict[str, int]]:
     """{prompt: {instances, accepted, rejected, low_score}} over the collection, counted by the database."""
     prompt = f"{label_field}.detections.prompt"
     subsets = {
@@ -59,8 +62,9 @@ def without_rejected(collection: foc.SampleCollection, label_field: str) -> foc.
     return collection.filter_labels(label_field, ~F("tags").contains(REJECTED), only_matches=False)
 
 
-def export_labels(collection: foc.SampleCollection, label_field: str, export_dir: str | Path,
-                  formats: list[ExportFormat]) -> dict[str, str]:
+def export_labels(
+    collection: foc.SampleCollection, label_field: str, export_dir: str | Path, formats: list[ExportFormat]
+) -> dict[str, str]:
     """Export the labels minus rejected ones; returns {format: directory}.
 
     coco: FiftyOne's COCO instance-segmentation export (masks as COCO polygons, as FiftyOne writes
@@ -68,18 +72,30 @@ def export_labels(collection: foc.SampleCollection, label_field: str, export_dir
     values are the prompt index given in the export's `mask_targets` (lossless).
     """
     if collection.media_type == fom.VIDEO:
-        raise ValueError("export of video frame labels is not supported: the COCO and PNG exports are per "
-                         "image; use FiftyOne's video exporters (e.g. fo.types.FiftyOneVideoLabelsDataset) directly")
+        raise ValueError(
+            "export of video frame labels is not supported: the COCO and PNG exports are per "
+            "image; use FiftyOne's video exporters (e.g. fo.types.FiftyOneVideoLabelsDataset) directly"
+        )
     view = without_rejected(collection, label_field)
     written = {}
     for fmt in formats:
         target = Path(export_dir) / fmt
         if fmt == "coco":
-            view.export(export_dir=str(target), dataset_type=fo.types.COCODetectionDataset,
-                        label_field=label_field, export_media=False, tolerance=0)
+            view.export(
+                export_dir=str(target),
+                dataset_type=fo.types.COCODetectionDataset,
+                label_field=label_field,
+                export_media=False,
+                tolerance=0,
+            )
         else:
-            view.export(export_dir=str(target), dataset_type=fo.types.ImageSegmentationDirectory,
-                        label_field=label_field, export_media=False, mask_targets=prompt_targets(view, label_field))
+            view.export(
+                export_dir=str(target),
+                dataset_type=fo.types.ImageSegmentationDirectory,
+                label_field=label_field,
+                export_media=False,
+                mask_targets=prompt_targets(view, label_field),
+            )
         written[fmt] = str(target)
     return written
 

@@ -34,8 +34,9 @@ class FrameResult(VideoFrame):
     instances: list[TrackedInstanceResult]
 
 
-def pixel_box(box: tuple[float, float, float, float], mask: np.ndarray, width: int,
-              height: int) -> tuple[int, int, int, int]:
+def pixel_box(
+    box: tuple[float, float, float, float], mask: np.ndarray, width: int, height: int
+) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) in whole pixels covering the predicted xyxy `box` and every pixel of the
     HxW boolean `mask`."""
     x1, y1, x2, y2 = box
@@ -49,8 +50,9 @@ def pixel_box(box: tuple[float, float, float, float], mask: np.ndarray, width: i
     return x0, y0, max(min(int(bounds[2]), width), x0 + 1), max(min(int(bounds[3]), height), y0 + 1)
 
 
-def to_detection(instance: InstanceResult, width: int, height: int, prompt: str,
-                 mask_path: Path | None = None) -> fo.Detection:
+def to_detection(
+    instance: InstanceResult, width: int, height: int, prompt: str, mask_path: Path | None = None
+) -> fo.Detection:
     """A Detection whose mask (inline, or a PNG at `mask_path`) is cropped to its bounding box."""
     mask = instance.array
     x0, y0, x1, y1 = pixel_box(instance.box, mask, width, height)
@@ -97,7 +99,9 @@ def frame_detections(tracked: dict[str, list[VideoFrame]], mask_dir: Path | None
     labels = {}
     for frames in zip(*tracked.values(), strict=True):
         number = frames[0].frame_index + 1
-        results = {prompt: FrameResult.model_validate(frame, from_attributes=True) for prompt, frame in zip(tracked, frames)}
+        results = {
+            prompt: FrameResult.model_validate(frame, from_attributes=True) for prompt, frame in zip(tracked, frames)
+        }
         labels[number] = to_detections(results, mask_dir / str(number) if mask_dir is not None else None)
     return labels
 
@@ -113,8 +117,13 @@ def keypoint_clicks(keypoint: fo.Keypoint, width: int, height: int) -> tuple[lis
     marks as missing (NaN) are dropped."""
     names = keypoint.get_attribute_value("point_labels", None) or ["positive"] * len(keypoint.points)
     if len(names) != len(keypoint.points) or set(names) - {"positive", "negative"}:
-        raise ValueError(f"keypoint {keypoint.id}: point_labels must give 'positive' or 'negative' "
-                         f"for each of its {len(keypoint.points)} points, got {names}")
-    clicks = [([x * width, y * height], int(name == "positive")) for (x, y), name in zip(keypoint.points, names)
-              if not (math.isnan(x) or math.isnan(y))]
+        raise ValueError(
+            f"keypoint {keypoint.id}: point_labels must give 'positive' or 'negative' "
+            f"for each of its {len(keypoint.points)} points, got {names}"
+        )
+    clicks = [
+        ([x * width, y * height], int(name == "positive"))
+        for (x, y), name in zip(keypoint.points, names)
+        if not (math.isnan(x) or math.isnan(y))
+    ]
     return [c for c, _ in clicks], [label for _, label in clicks]

@@ -11,8 +11,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_plugin import curation
-from fiftyone_plugin.segment import (REFINE_IMAGES_ONLY, Service, SegmentRun, refine_with_keypoints,
-                                     segment_collection)
+from fiftyone_plugin.segment import REFINE_IMAGES_ONLY, Service, SegmentRun, refine_with_keypoints, segment_collection
 
 DEFAULT_FIELD = "sam3"
 EXPORT_FORMATS = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
@@ -45,8 +44,7 @@ def label_field_input(inputs: types.Object, ctx, default: str | None = DEFAULT_F
     if fields:
         # In a video dataset "segment with SAM3" writes `default` on the frames.
         chosen = next((f for f in (default, f"frames.{default}") if f in fields), fields[0])
-        inputs.enum("label_field", fields, default=chosen,
-                    label="Label field", view=types.AutocompleteView())
+        inputs.enum("label_field", fields, default=chosen, label="Label field", view=types.AutocompleteView())
     else:
         inputs.str("label_field", default=default, label="Label field")
 
@@ -69,25 +67,55 @@ class SegmentWithSam3(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.str("prompts", required=True, label="Prompts",
-                   description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'. "
-                               "Videos: each prompt is tracked through the video")
-        inputs.str("negative_prompts", required=False, label="Negative prompts",
-                   description="Concepts to exclude, comma separated, e.g. 'mannequin, poster': "
-                               "instances overlapping theirs are dropped (images only)")
-        inputs.float("threshold", default=0.5, min=0.0, max=1.0, label="Score threshold",
-                     description="Images only: video tracking uses the model's own detection thresholds")
-        inputs.str("label_field", default=DEFAULT_FIELD, label="Label field",
-                   description="Videos: a frame field (frames.<name>), plus <name>_frames counting the frames done")
-        inputs.bool("overwrite", default=False, label="Overwrite existing labels",
-                    description="Off: samples that already have labels in this field are skipped (resumes a failed run)")
+        inputs.str(
+            "prompts",
+            required=True,
+            label="Prompts",
+            description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'. "
+            "Videos: each prompt is tracked through the video",
+        )
+        inputs.str(
+            "negative_prompts",
+            required=False,
+            label="Negative prompts",
+            description="Concepts to exclude, comma separated, e.g. 'mannequin, poster': "
+            "instances overlapping theirs are dropped (images only)",
+        )
+        inputs.float(
+            "threshold",
+            default=0.5,
+            min=0.0,
+            max=1.0,
+            label="Score threshold",
+            description="Images only: video tracking uses the model's own detection thresholds",
+        )
+        inputs.str(
+            "label_field",
+            default=DEFAULT_FIELD,
+            label="Label field",
+            description="Videos: a frame field (frames.<name>), plus <name>_frames counting the frames done",
+        )
+        inputs.bool(
+            "overwrite",
+            default=False,
+            label="Overwrite existing labels",
+            description="Off: samples that already have labels in this field are skipped (resumes a failed run)",
+        )
         inputs.int("concurrency", default=8, min=1, label="Concurrent images (videos)")
-        inputs.int("chunk_size", default=64, min=1, label="Save every N samples",
-                   description="A failed run keeps every chunk saved before it")
-        inputs.str("mask_dir", required=False, label="Mask folder (optional)",
-                   description="Store masks as PNG files here (mask_path) instead of in the database")
-        inputs.str("url", required=False, label="Service URL",
-                   description="Default: the SAMFLEET_URL plugin secret")
+        inputs.int(
+            "chunk_size",
+            default=64,
+            min=1,
+            label="Save every N samples",
+            description="A failed run keeps every chunk saved before it",
+        )
+        inputs.str(
+            "mask_dir",
+            required=False,
+            label="Mask folder (optional)",
+            description="Store masks as PNG files here (mask_path) instead of in the database",
+        )
+        inputs.str("url", required=False, label="Service URL", description="Default: the SAMFLEET_URL plugin secret")
         ctx.target_view()  # opts the form into FiftyOne's dataset / view / selected samples choice
         return types.Property(inputs, view=types.View(label="Segment with SAM3"))
 
@@ -104,12 +132,18 @@ class SegmentWithSam3(foo.Operator):
         )
 
         def progress(done: int, failed: int, total: int) -> None:
-            ctx.set_progress(progress=(done + failed) / max(total, 1), label=f"{done} of {total} samples labelled, {failed} failed")
+            ctx.set_progress(
+                progress=(done + failed) / max(total, 1), label=f"{done} of {total} samples labelled, {failed} failed"
+            )
 
         summary = segment_collection(ctx.target_view(), run, service(ctx), progress)
         reload_app(ctx)
-        return {"done": summary.done, "skipped": summary.skipped, "failed": len(summary.failed),
-                "errors": dict(list(summary.failed.items())[:20])}
+        return {
+            "done": summary.done,
+            "skipped": summary.skipped,
+            "failed": len(summary.failed),
+            "errors": dict(list(summary.failed.items())[:20]),
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -140,8 +174,12 @@ class RefineWithPoints(foo.Operator):
         return types.Property(inputs, view=types.View(label="Refine with SAM3 points"))
 
     def execute(self, ctx):
-        count = refine_with_keypoints(ctx.target_view(), ctx.params["keypoints_field"],
-                                      ctx.params.get("label_field") or DEFAULT_FIELD, service(ctx))
+        count = refine_with_keypoints(
+            ctx.target_view(),
+            ctx.params["keypoints_field"],
+            ctx.params.get("label_field") or DEFAULT_FIELD,
+            service(ctx),
+        )
         reload_app(ctx)
         return {"objects": count}
 
@@ -159,8 +197,13 @@ class TagSam3Labels(foo.Operator):
         inputs = types.Object()
         if not ctx.selected_labels:
             inputs.view("none", types.Warning(label="Select labels in the App first"))
-        inputs.enum("decision", ["accept", "reject", "clear"], default="accept",
-                    view=types.RadioGroup(), label=f"{len(ctx.selected_labels)} selected label(s)")
+        inputs.enum(
+            "decision",
+            ["accept", "reject", "clear"],
+            default="accept",
+            view=types.RadioGroup(),
+            label=f"{len(ctx.selected_labels)} selected label(s)",
+        )
         return types.Property(inputs)
 
     def execute(self, ctx):
@@ -189,8 +232,11 @@ class ReviewSam3Labels(foo.Operator):
         view = curation.save_needs_review(ctx.dataset, field, min_score)
         if ctx.executor is not None:
             ctx.ops.set_view(name=curation.NEEDS_REVIEW_VIEW)
-        return {"needs_review_samples": len(view), "saved_view": curation.NEEDS_REVIEW_VIEW,
-                "per_prompt": curation.counts_per_prompt(ctx.dataset, field, min_score)}
+        return {
+            "needs_review_samples": len(view),
+            "saved_view": curation.NEEDS_REVIEW_VIEW,
+            "per_prompt": curation.counts_per_prompt(ctx.dataset, field, min_score),
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -214,14 +260,17 @@ class ExportSam3Labels(foo.Operator):
         inputs = types.Object()
         label_field_input(inputs, ctx)
         inputs.str("export_dir", required=True, label="Export folder")
-        inputs.enum("format", [*EXPORT_FORMATS], default="both", label="Format",
-                    view=types.RadioGroup())
+        inputs.enum("format", [*EXPORT_FORMATS], default="both", label="Format", view=types.RadioGroup())
         ctx.target_view()
         return types.Property(inputs, view=types.View(label="Export SAM3 labels"))
 
     def execute(self, ctx):
-        return curation.export_labels(ctx.target_view(), ctx.params.get("label_field") or DEFAULT_FIELD,
-                                      ctx.params["export_dir"], EXPORT_FORMATS[ctx.params.get("format", "both")])
+        return curation.export_labels(
+            ctx.target_view(),
+            ctx.params.get("label_field") or DEFAULT_FIELD,
+            ctx.params["export_dir"],
+            EXPORT_FORMATS[ctx.params.get("format", "both")],
+        )
 
 
 OPERATORS = (SegmentWithSam3, RefineWithPoints, TagSam3Labels, ReviewSam3Labels, ExportSam3Labels)

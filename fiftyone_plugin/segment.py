@@ -24,8 +24,10 @@ from sdk.batch import run_batch
 from sdk.calls import segment_params
 
 Progress = Callable[[int, int, int], None]  # (done, failed, total)
-REFINE_IMAGES_ONLY = ("refine with points works on image datasets; to follow a clicked object through a video "
-                      "use `samfleet track --point` or the SDK's track_video(points=...)")
+REFINE_IMAGES_ONLY = (
+    "refine with points works on image datasets; to follow a clicked object through a video "
+    "use `samfleet track --point` or the SDK's track_video(points=...)"
+)
 
 
 @dataclass
@@ -82,16 +84,21 @@ class ImageLabels:
 
     async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> fo.Detections:
         run = self.run
-        results = await asyncio.gather(*(client.segment(path, p, threshold=run.threshold,
-                                                        negative_prompts=run.negative_prompts) for p in run.prompts))
+        results = await asyncio.gather(
+            *(
+                client.segment(path, p, threshold=run.threshold, negative_prompts=run.negative_prompts)
+                for p in run.prompts
+            )
+        )
         return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results)), mask_dir)
 
     def write(self, view: foc.SampleCollection, finished: dict[str, fo.Detections]) -> None:
         view.set_values(self.run.label_field, finished, key_field="id")
 
 
-def segment_collection(view: foc.SampleCollection, run: SegmentRun, service: Service = Service(),
-                       progress: Progress | None = None) -> RunSummary:
+def segment_collection(
+    view: foc.SampleCollection, run: SegmentRun, service: Service = Service(), progress: Progress | None = None
+) -> RunSummary:
     """Label every (pending) sample of `view` with the instances of each prompt; in a video
     dataset every frame, each prompt tracked through the video (`fiftyone_plugin.video`).
 
@@ -106,9 +113,15 @@ def segment_collection(view: foc.SampleCollection, run: SegmentRun, service: Ser
     return summary
 
 
-async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], run: SegmentRun,
-                   media: ImageLabels | VideoLabels, service: Service, summary: RunSummary,
-                   progress: Progress | None) -> None:
+async def _segment(
+    view: foc.SampleCollection,
+    samples: list[tuple[str, str]],
+    run: SegmentRun,
+    media: ImageLabels | VideoLabels,
+    service: Service,
+    summary: RunSummary,
+    progress: Progress | None,
+) -> None:
     finished: dict[str, Any] = {}
 
     def save() -> None:
@@ -120,6 +133,7 @@ async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], r
             progress(summary.done, len(summary.failed), len(samples))
 
     async with AsyncClient(service.url, api_key=service.api_key) as client:
+
         async def label(sample: tuple[str, str]) -> Any:
             sample_id, path = sample
             return await media.label(client, path, run.mask_dir / sample_id / run.label_field if run.mask_dir else None)
@@ -136,8 +150,9 @@ async def _segment(view: foc.SampleCollection, samples: list[tuple[str, str]], r
             save()
 
 
-def refine_with_keypoints(samples: foc.SampleCollection, keypoints_field: str, label_field: str,
-                          service: Service = Service()) -> int:
+def refine_with_keypoints(
+    samples: foc.SampleCollection, keypoints_field: str, label_field: str, service: Service = Service()
+) -> int:
     """Re-segment one object per keypoint (its points are the clicks) and put the mask into
     `label_field`, labelled like the keypoint.  Re-running replaces, not duplicates, the
     detection made from the same keypoint.  Returns the number of objects segmented."""

@@ -49,8 +49,9 @@ class VideoLabels:
 
     def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
         view.set_values(FRAMES + self.frame_field, finished, key_field="id")
-        view.set_values(self.done_field, {sample_id: len(frames) for sample_id, frames in finished.items()},
-                        key_field="id")
+        view.set_values(
+            self.done_field, {sample_id: len(frames) for sample_id, frames in finished.items()}, key_field="id"
+        )
 
 
 async def _track(client: AsyncClient, path: str, prompt: str) -> list[VideoFrame]:

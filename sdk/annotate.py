@@ -92,8 +92,16 @@ def find_images(src: Path, exclude: Path | None = None) -> Iterator[tuple[str, P
 class FolderAnnotator:
     """Annotates the images of `src` into `out` through `client`, skipping those already finished."""
 
-    def __init__(self, client: Client, src: Path, out: Path, request: AnnotationRequest, fmt: Format = "both",
-                 concurrency: int = 8, progress: bool = True):
+    def __init__(
+        self,
+        client: Client,
+        src: Path,
+        out: Path,
+        request: AnnotationRequest,
+        fmt: Format = "both",
+        concurrency: int = 8,
+        progress: bool = True,
+    ):
         self.client, self.src, self.out, self.request = client, src, out, request
         self.formats = {"png", "coco"} if fmt == "both" else {fmt}
         self.concurrency, self.progress = concurrency, progress
@@ -125,8 +133,13 @@ class FolderAnnotator:
             return
         by_path = {image.path: image for image in images}
         many = self.client.segment_many if self.request.endpoint == "segment" else self.client.segment_points_many
-        with many([image.path for image in images], concurrency=self.concurrency, progress=self.progress,
-                  ordered=False, **self.request.params) as batch:
+        with many(
+            [image.path for image in images],
+            concurrency=self.concurrency,
+            progress=self.progress,
+            ordered=False,
+            **self.request.params,
+        ) as batch:
             for item in batch:
                 image = by_path[item.image]
                 if item.ok:

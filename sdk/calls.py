@@ -43,26 +43,46 @@ def status() -> Call:
     return Call("GET", f"/{API_VERSION}/status", StatusResponse)
 
 
-def segment(image: ImageInput, prompt: str | Sequence[str] | None = None, *,
-            reference_image: ImageInput | None = None, **params: Any) -> Call:
-    return _image_call(f"/{API_VERSION}/segment", {"image": image, "reference_image": reference_image},
-                       segment_params(prompt, **params))
+def segment(
+    image: ImageInput,
+    prompt: str | Sequence[str] | None = None,
+    *,
+    reference_image: ImageInput | None = None,
+    **params: Any,
+) -> Call:
+    return _image_call(
+        f"/{API_VERSION}/segment",
+        {"image": image, "reference_image": reference_image},
+        segment_params(prompt, **params),
+    )
 
 
 def segment_points(image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Call:
     return _image_call(f"/{API_VERSION}/segment/points", {"image": image}, points_params(points, **params))
 
 
-def track_video(video: str | Path | bytes, prompt: str | None = None, points: Sequence[Sequence[float]] = (),
-                labels: Sequence[int] | None = None, frame: int = 0, mask_format: MaskFormat = "rle") -> Call:
+def track_video(
+    video: str | Path | bytes,
+    prompt: str | None = None,
+    points: Sequence[Sequence[float]] = (),
+    labels: Sequence[int] | None = None,
+    frame: int = 0,
+    mask_format: MaskFormat = "rle",
+) -> Call:
     """POST /v1/video/track: every instance of `prompt`, or the object at `points` (labels 1
     positive, 0 negative) on frame `frame`, tracked through the video file `video` (path or bytes)."""
-    params = _validated(TrackParams, prompt=prompt, points=_labelled_points(points, labels),
-                        frame=frame, mask_format=mask_format)
+    params = _validated(
+        TrackParams, prompt=prompt, points=_labelled_points(points, labels), frame=frame, mask_format=mask_format
+    )
     data = video if isinstance(video, bytes) else Path(video).read_bytes()
     files = {"video": ("video", data, "application/octet-stream")}
-    return Call("POST", f"/{API_VERSION}/video/track", TrackLine,
-                {"files": files, "data": {"params": params.model_dump_json(exclude_defaults=True)}}, stream=True)
+    return Call(
+        "POST",
+        f"/{API_VERSION}/video/track",
+        TrackLine,
+        {"files": files, "data": {"params": params.model_dump_json(exclude_defaults=True)}},
+        stream=True,
+    )
 
 
 def segment_params(
@@ -123,7 +143,11 @@ def points_params(
 
 
 def _image_call(path: str, images: dict[str, ImageInput | None], params: BaseModel) -> Call:
-    files = {part: (part, image_bytes(image), "application/octet-stream") for part, image in images.items() if image is not None}
+    files = {
+        part: (part, image_bytes(image), "application/octet-stream")
+        for part, image in images.items()
+        if image is not None
+    }
     data = {"params": params.model_dump_json(exclude_defaults=True)}
     return Call("POST", path, Result, {"files": files, "data": data})
 

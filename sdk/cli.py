@@ -16,8 +16,10 @@ from sdk.client import Client
 from sdk.errors import ConnectionError, SamfleetError
 from sdk.manifest import ManifestMismatch
 
-EXTRA_OF_MODULE = {**dict.fromkeys(("torch", "ray", "transformers", "yaml", "safetensors", "fastapi"), "serve"),
-                   "fiftyone": "fiftyone"}
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "ray", "transformers", "yaml", "safetensors", "fastapi"), "serve"),
+    "fiftyone": "fiftyone",
+}
 EXTRA_HINT = "this command needs the [{extra}] extra: pip install 'samfleet[{extra}]' (missing module: {module})"
 PLUGIN_LINK_NAME = "samfleet"
 
@@ -62,8 +64,11 @@ def _service_options(p) -> None:
 
 
 def _add_install_plugin(sub) -> None:
-    p = sub.add_parser("install-plugin", help="make the FiftyOne plugin (@samfleet/sam3) visible to FiftyOne",
-                       description="Link the installed fiftyone_plugin folder into FiftyOne's plugins directory.")
+    p = sub.add_parser(
+        "install-plugin",
+        help="make the FiftyOne plugin (@samfleet/sam3) visible to FiftyOne",
+        description="Link the installed fiftyone_plugin folder into FiftyOne's plugins directory.",
+    )
     p.add_argument("--plugins-dir", type=Path, help="default: FiftyOne's plugins_dir (FIFTYONE_PLUGINS_DIR)")
     p.set_defaults(func=cmd_install_plugin)
 
@@ -109,8 +114,10 @@ def cmd_status(args) -> int:
                 time.sleep(FIRST_RATE_WAIT_S)
                 status = client.status()
             while True:
-                print(status.model_dump_json(indent=2) if args.json else _status_table(client.settings.url, status),
-                      flush=True)
+                print(
+                    status.model_dump_json(indent=2) if args.json else _status_table(client.settings.url, status),
+                    flush=True,
+                )
                 if not args.watch:
                     return 0
                 time.sleep(args.watch)
@@ -128,9 +135,12 @@ def _status_table(url: str, status) -> str:
 
     rows = [("deployment", "status", "running", "other replicas", "in system", "waiting")]
     for d in status.deployments:
-        others = ", ".join(f"{n} {state.lower()}" for state, n in sorted(d.replicas.items()) if state != "RUNNING" and n)
-        rows.append((d.name, d.status, str(d.replicas.get("RUNNING", 0)), others or "-", number(d.in_system),
-                     number(d.waiting)))
+        others = ", ".join(
+            f"{n} {state.lower()}" for state, n in sorted(d.replicas.items()) if state != "RUNNING" and n
+        )
+        rows.append(
+            (d.name, d.status, str(d.replicas.get("RUNNING", 0)), others or "-", number(d.in_system), number(d.waiting))
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"samfleet at {url} (application {status.application!r})"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -144,32 +154,87 @@ def _status_table(url: str, status) -> str:
 
 
 def _add_annotate(sub) -> None:
-    p = sub.add_parser("annotate", help="annotate a folder of images (resumable; --watch for new ones)",
-                       description="Annotate every image under SRC and write masks/COCO to --out. "
-                                   "A re-run with the same --out skips what is finished.")
+    p = sub.add_parser(
+        "annotate",
+        help="annotate a folder of images (resumable; --watch for new ones)",
+        description="Annotate every image under SRC and write masks/COCO to --out. "
+        "A re-run with the same --out skips what is finished.",
+    )
     p.add_argument("src", type=Path, help="image file or folder (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--prompt", action="append", default=[],
-                   help="what to find, e.g. 'red bus' (repeatable: several concepts, each instance labelled)")
-    p.add_argument("--negative-prompt", action="append", default=[], metavar="PROMPT",
-                   help="a concept to exclude, e.g. 'mannequin': overlapping instances are dropped (repeatable)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="what to find, e.g. 'red bus' (repeatable: several concepts, each instance labelled)",
+    )
+    p.add_argument(
+        "--negative-prompt",
+        action="append",
+        default=[],
+        metavar="PROMPT",
+        help="a concept to exclude, e.g. 'mannequin': overlapping instances are dropped (repeatable)",
+    )
     box, point = _numbers(4, "a box (x1,y1,x2,y2)"), _numbers(2, "a point (x,y)")
-    p.add_argument("--exemplar", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
-                   help="box around an example of what to find (repeatable)")
-    p.add_argument("--negative", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
-                   help="box around an example of what NOT to find (repeatable)")
-    p.add_argument("--reference-image", type=Path, metavar="FILE",
-                   help="another image showing what to find, boxed with --reference-box")
-    p.add_argument("--reference-box", type=box, action="append", default=[], metavar="X1,Y1,X2,Y2",
-                   help="box on --reference-image around an example of what to find (repeatable)")
-    p.add_argument("--tile-size", type=int, metavar="PIXELS",
-                   help="high-resolution mode: find small objects in large images tile by tile (e.g. 1008)")
-    p.add_argument("--tile-overlap", type=int, default=200, metavar="PIXELS",
-                   help="pixels shared by neighbouring tiles (default 200; wider than the objects)")
-    p.add_argument("--point", type=point, action="append", default=[], metavar="X,Y",
-                   help="click on the object (repeatable); segments one object per image")
-    p.add_argument("--negative-point", type=point, action="append", default=[], metavar="X,Y",
-                   help="click on background to exclude (repeatable)")
+    p.add_argument(
+        "--exemplar",
+        type=box,
+        action="append",
+        default=[],
+        metavar="X1,Y1,X2,Y2",
+        help="box around an example of what to find (repeatable)",
+    )
+    p.add_argument(
+        "--negative",
+        type=box,
+        action="append",
+        default=[],
+        metavar="X1,Y1,X2,Y2",
+        help="box around an example of what NOT to find (repeatable)",
+    )
+    p.add_argument(
+        "--reference-image",
+        type=Path,
+        metavar="FILE",
+        help="another image showing what to find, boxed with --reference-box",
+    )
+    p.add_argument(
+        "--reference-box",
+        type=box,
+        action="append",
+        default=[],
+        metavar="X1,Y1,X2,Y2",
+        help="box on --reference-image around an example of what to find (repeatable)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="PIXELS",
+        help="high-resolution mode: find small objects in large images tile by tile (e.g. 1008)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=200,
+        metavar="PIXELS",
+        help="pixels shared by neighbouring tiles (default 200; wider than the objects)",
+    )
+    p.add_argument(
+        "--point",
+        type=point,
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="click on the object (repeatable); segments one object per image",
+    )
+    p.add_argument(
+        "--negative-point",
+        type=point,
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="click on background to exclude (repeatable)",
+    )
     p.add_argument("--box", type=box, metavar="X1,Y1,X2,Y2", help="box around the one object to segment")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum instance score (default 0.5)")
     p.add_argument("--format", choices=["png", "coco", "both"], default="both")
@@ -182,16 +247,31 @@ def _add_annotate(sub) -> None:
 
 
 def _add_track(sub) -> None:
-    p = sub.add_parser("track", help="track objects through a video (per-frame masks with stable object ids)",
-                       description="Send VIDEO to /v1/video/track and write each frame's result to --out as it "
-                                   "arrives: frames.ndjson and masks/FRAME.png (pixel value = object id).")
+    p = sub.add_parser(
+        "track",
+        help="track objects through a video (per-frame masks with stable object ids)",
+        description="Send VIDEO to /v1/video/track and write each frame's result to --out as it "
+        "arrives: frames.ndjson and masks/FRAME.png (pixel value = object id).",
+    )
     p.add_argument("video", type=Path, help="video file (anything FFmpeg decodes: mp4, mkv, webm, ...)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--prompt", help="what to find and track, e.g. 'red bus'")
-    p.add_argument("--point", type=_numbers(2, "a point (x,y)"), action="append", default=[], metavar="X,Y",
-                   help="a click on the object to track, on frame --frame (repeatable)")
-    p.add_argument("--negative-point", type=_numbers(2, "a point (x,y)"), action="append", default=[],
-                   metavar="X,Y", help="a click on what is not the object (repeatable)")
+    p.add_argument(
+        "--point",
+        type=_numbers(2, "a point (x,y)"),
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="a click on the object to track, on frame --frame (repeatable)",
+    )
+    p.add_argument(
+        "--negative-point",
+        type=_numbers(2, "a point (x,y)"),
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="a click on what is not the object (repeatable)",
+    )
     p.add_argument("--frame", type=int, default=0, help="the frame the points are on; tracking starts there")
     _service_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -204,8 +284,13 @@ def cmd_track(args) -> int:
     if not args.video.is_file():
         args.parser.error(f"{args.video} is not a file")
     with Client(args.url, api_key=args.api_key) as client:
-        frames = client.track_video(args.video, args.prompt, args.point + args.negative_point,
-                                    labels=[1] * len(args.point) + [0] * len(args.negative_point), frame=args.frame)
+        frames = client.track_video(
+            args.video,
+            args.prompt,
+            args.point + args.negative_point,
+            labels=[1] * len(args.point) + [0] * len(args.negative_point),
+            frame=args.frame,
+        )
         try:
             written = write_frames(frames, args.out, progress=not args.no_progress)
         except SamfleetError as exc:
@@ -219,16 +304,21 @@ def _request(args) -> AnnotationRequest:
     clicks = args.point or args.negative_point or args.box
     concept = args.prompt or args.exemplar or args.negative or args.reference_box
     if bool(clicks) == bool(concept):
-        args.parser.error("give either --prompt/--exemplar/--negative/--reference-box (find every instance) "
-                          "or --point/--negative-point/--box (segment one object)")
+        args.parser.error(
+            "give either --prompt/--exemplar/--negative/--reference-box (find every instance) "
+            "or --point/--negative-point/--box (segment one object)"
+        )
     if bool(args.reference_image) != bool(args.reference_box):
         args.parser.error("--reference-image and --reference-box go together")
     if clicks:
-        return AnnotationRequest("segment_points", {
-            "points": args.point + args.negative_point,
-            "labels": [1] * len(args.point) + [0] * len(args.negative_point),
-            "box": args.box,
-        })
+        return AnnotationRequest(
+            "segment_points",
+            {
+                "points": args.point + args.negative_point,
+                "labels": [1] * len(args.point) + [0] * len(args.negative_point),
+                "box": args.box,
+            },
+        )
     # One prompt stays a string, so a run started before prompts could be repeated still resumes.
     prompt = args.prompt[0] if len(args.prompt) == 1 else args.prompt or None
     params = {"prompt": prompt, "exemplars": args.exemplar, "negative": args.negative, "threshold": args.threshold}
@@ -251,14 +341,14 @@ def cmd_annotate(args) -> int:
     interrupted = False
     with Client(args.url, api_key=args.api_key) as client:
         try:
-            annotator = FolderAnnotator(client, args.src, args.out, request, args.format,
-                                        args.concurrency, progress=not args.no_progress)
+            annotator = FolderAnnotator(
+                client, args.src, args.out, request, args.format, args.concurrency, progress=not args.no_progress
+            )
         except (SamfleetError, ManifestMismatch) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if annotator.info.tiny_random_model:
-            print(f"NOTE: {client.settings.url} serves a tiny random SAM3: its masks are MEANINGLESS",
-                  file=sys.stderr)
+            print(f"NOTE: {client.settings.url} serves a tiny random SAM3: its masks are MEANINGLESS", file=sys.stderr)
         try:
             annotator.run()
             if args.watch:
@@ -267,8 +357,7 @@ def cmd_annotate(args) -> int:
         except KeyboardInterrupt:
             interrupted = True
         except ConnectionError as exc:
-            print(f"error: {exc}\nfinished images are kept; run the same command again to resume",
-                  file=sys.stderr)
+            print(f"error: {exc}\nfinished images are kept; run the same command again to resume", file=sys.stderr)
             return 1
         finally:
             annotator.close()

@@ -21,8 +21,7 @@ from sdk.batch import BackgroundBatch, BatchItem, run_batch
 from sdk.images import ImageInput
 from sdk.results import Result
 from sdk.schema import HealthResponse, InfoResponse, StatusResponse, VideoFrame
-from sdk.transport import (DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, VideoStream, finish,
-                           retry_delay)
+from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, VideoStream, finish, retry_delay
 
 
 def _settings(url: str | None, api_key: str | None, timeout: float, retry: RetryPolicy | None) -> Settings:
@@ -41,8 +40,14 @@ class Client:
     `url` and `api_key` default to the SAMFLEET_URL and SAMFLEET_API_KEY environment variables.
     """
 
-    def __init__(self, url: str | None = None, *, api_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ):
         self.settings = _settings(url, api_key, timeout, retry)
         self._http = httpx.Client(**self.settings.http_options())
 
@@ -74,28 +79,57 @@ class Client:
         """The object at the clicked points and/or box (parameters: `calls.points_params`)."""
         return self._send(calls.segment_points(image, points, **params)).with_image(image)
 
-    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *,
-                     reference_image: ImageInput | None = None, concurrency: int = 8,
-                     progress: bool = True, ordered: bool = True, **params: Any) -> BackgroundBatch:
+    def segment_many(
+        self,
+        images: Iterable[ImageInput],
+        prompt: str | Sequence[str] | None = None,
+        *,
+        reference_image: ImageInput | None = None,
+        concurrency: int = 8,
+        progress: bool = True,
+        ordered: bool = True,
+        **params: Any,
+    ) -> BackgroundBatch:
         """`segment` over many images, `concurrency` at a time; starts at once, iterate for BatchItems.
 
         Items come in input order, or as they finish with `ordered=False`.  A failed image has
         `item.error` set and the batch goes on.
         """
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
-        return self._in_background("segment_many", images, prompt, reference_image=reference_image,
-                                   concurrency=concurrency, progress=progress, ordered=ordered, **params)
+        return self._in_background(
+            "segment_many",
+            images,
+            prompt,
+            reference_image=reference_image,
+            concurrency=concurrency,
+            progress=progress,
+            ordered=ordered,
+            **params,
+        )
 
-    def segment_points_many(self, images: Iterable[ImageInput], points: Sequence[Sequence[float]] = (), *,
-                            concurrency: int = 8, progress: bool = True, ordered: bool = True,
-                            **params: Any) -> BackgroundBatch:
+    def segment_points_many(
+        self,
+        images: Iterable[ImageInput],
+        points: Sequence[Sequence[float]] = (),
+        *,
+        concurrency: int = 8,
+        progress: bool = True,
+        ordered: bool = True,
+        **params: Any,
+    ) -> BackgroundBatch:
         """`segment_points` with the same points/box on every image, like `segment_many`."""
         calls.points_params(points, **params)
-        return self._in_background("segment_points_many", images, points, concurrency=concurrency,
-                                   progress=progress, ordered=ordered, **params)
+        return self._in_background(
+            "segment_points_many", images, points, concurrency=concurrency, progress=progress, ordered=ordered, **params
+        )
 
-    def track_video(self, video: str | Path | bytes, prompt: str | None = None,
-                    points: Sequence[Sequence[float]] = (), **params: Any) -> Iterator[VideoFrame]:
+    def track_video(
+        self,
+        video: str | Path | bytes,
+        prompt: str | None = None,
+        points: Sequence[Sequence[float]] = (),
+        **params: Any,
+    ) -> Iterator[VideoFrame]:
         """Each frame's tracked instances (same `object_id` for the same object on every frame), as
         the service computes them (parameters: `calls.track_video`).  The request is sent on the
         first `next()`; a stream cut short raises instead of ending quietly."""
@@ -139,9 +173,15 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as `Client`, awaited: `async with AsyncClient() as c`."""
 
-    def __init__(self, url: str | None = None, *, api_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None,
-                 settings: Settings | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        settings: Settings | None = None,
+    ):
         self.settings = settings or _settings(url, api_key, timeout, retry)
         self._http = httpx.AsyncClient(**self.settings.http_options())
 
@@ -172,8 +212,13 @@ class AsyncClient:
         call = await asyncio.to_thread(calls.segment_points, image, points, **params)
         return (await self._send(call)).with_image(image)
 
-    async def track_video(self, video: str | Path | bytes, prompt: str | None = None,
-                          points: Sequence[Sequence[float]] = (), **params: Any) -> AsyncIterator[VideoFrame]:
+    async def track_video(
+        self,
+        video: str | Path | bytes,
+        prompt: str | None = None,
+        points: Sequence[Sequence[float]] = (),
+        **params: Any,
+    ) -> AsyncIterator[VideoFrame]:
         """`async for frame in client.track_video("clip.mp4", "car"): ...` (see `Client.track_video`)."""
         call = await asyncio.to_thread(calls.track_video, video, prompt, points, **params)
         stream = VideoStream(self.settings.url)
@@ -186,20 +231,45 @@ class AsyncClient:
             await response.aclose()
         stream.finished()
 
-    def segment_many(self, images: Iterable[ImageInput], prompt: str | Sequence[str] | None = None, *,
-                     reference_image: ImageInput | None = None, concurrency: int = 8,
-                     progress: bool = True, ordered: bool = True, **params: Any) -> AsyncIterator[BatchItem]:
+    def segment_many(
+        self,
+        images: Iterable[ImageInput],
+        prompt: str | Sequence[str] | None = None,
+        *,
+        reference_image: ImageInput | None = None,
+        concurrency: int = 8,
+        progress: bool = True,
+        ordered: bool = True,
+        **params: Any,
+    ) -> AsyncIterator[BatchItem]:
         """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
-        return run_batch(images, lambda image: self.segment(image, prompt, reference_image=reference_image, **params),
-                         concurrency=concurrency, progress=progress, ordered=ordered)
+        return run_batch(
+            images,
+            lambda image: self.segment(image, prompt, reference_image=reference_image, **params),
+            concurrency=concurrency,
+            progress=progress,
+            ordered=ordered,
+        )
 
-    def segment_points_many(self, images: Iterable[ImageInput], points: Sequence[Sequence[float]] = (), *,
-                            concurrency: int = 8, progress: bool = True, ordered: bool = True,
-                            **params: Any) -> AsyncIterator[BatchItem]:
+    def segment_points_many(
+        self,
+        images: Iterable[ImageInput],
+        points: Sequence[Sequence[float]] = (),
+        *,
+        concurrency: int = 8,
+        progress: bool = True,
+        ordered: bool = True,
+        **params: Any,
+    ) -> AsyncIterator[BatchItem]:
         calls.points_params(points, **params)
-        return run_batch(images, lambda image: self.segment_points(image, points, **params),
-                         concurrency=concurrency, progress=progress, ordered=ordered)
+        return run_batch(
+            images,
+            lambda image: self.segment_points(image, points, **params),
+            concurrency=concurrency,
+            progress=progress,
+            ordered=ordered,
+        )
 
     async def _send(self, call: Call) -> Any:
         for attempt in itertools.count():

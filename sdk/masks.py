@@ -18,8 +18,9 @@ from pycocotools import mask as coco_mask
 from sdk.schema import Mask, MaskFormat, PngMask, PolygonMask, RleMask
 
 
-def encode_mask(mask: np.ndarray, fmt: MaskFormat, *, origin: tuple[int, int] = (0, 0),
-                size: tuple[int, int] | None = None) -> Mask:
+def encode_mask(
+    mask: np.ndarray, fmt: MaskFormat, *, origin: tuple[int, int] = (0, 0), size: tuple[int, int] | None = None
+) -> Mask:
     """Encode one boolean/0-1 mask of an image of `size` (height, width; default: the mask's own).
 
     `mask` may be a crop of that image's mask placed at `origin` (x, y), background elsewhere:
@@ -38,7 +39,7 @@ def encode_mask(mask: np.ndarray, fmt: MaskFormat, *, origin: tuple[int, int] = 
         whole = crop
         if (x, y) != (0, 0) or crop.shape != size:
             whole = np.zeros(size, dtype=bool)
-            whole[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+            whole[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
         buffer = io.BytesIO()
         Image.fromarray(whole).save(buffer, format="PNG", optimize=True)
         return PngMask(size=size, data=base64.b64encode(buffer.getvalue()).decode("ascii"))
@@ -99,7 +100,7 @@ def _rle_counts(crop: np.ndarray, x: int, y: int, height: int, width: int) -> st
     rows, cols = crop.shape
     above, below = int(y > 0), int(y + rows < height)
     columns = np.zeros((cols, above + rows + below), dtype=np.uint8)
-    columns[:, above:above + rows] = _transposed(crop)
+    columns[:, above : above + rows] = _transposed(crop)
     lengths = np.ones(columns.shape[1], dtype=np.int64)
     if above:
         lengths[0] = y
@@ -147,7 +148,6 @@ def _polygons(binary: np.ndarray, x: int = 0, y: int = 0) -> list[list[float]]:
         return []
     # OpenCV treats pixels beyond the crop as background, as they are: the crop's contours,
     # shifted, are the whole image's.
-    contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
-                                   offset=(x, y))
+    contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
     # COCO needs at least 3 points (6 numbers) per polygon; smaller contours are single pixels/lines.
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]

@@ -67,22 +67,30 @@ class Result(SegmentResponse):
     def labels(self) -> list[str]:
         return [inst.label for inst in self.instances]
 
-    def label_image(self, kind: Literal["instance", "category"] = "instance",
-                    categories: Sequence[str] | None = None) -> np.ndarray:
+    def label_image(
+        self, kind: Literal["instance", "category"] = "instance", categories: Sequence[str] | None = None
+    ) -> np.ndarray:
         """HxW ids, 0 = background.  "instance": 1..N in `instances` order; "category": 1-based
         index of the label in `categories` (default: labels in order of first appearance).
         Where masks overlap the higher-scoring instance wins.  uint8, or uint16 past 255 ids."""
         names = list(dict.fromkeys(categories if categories is not None else self.labels))
-        ids = [k + 1 for k in range(len(self.instances))] if kind == "instance" else [
-            names.index(label) + 1 for label in self.labels]
+        ids = (
+            [k + 1 for k in range(len(self.instances))]
+            if kind == "instance"
+            else [names.index(label) + 1 for label in self.labels]
+        )
         dtype = np.uint8 if max(ids, default=0) <= 255 else np.uint16
         out = np.zeros((self.height, self.width), dtype=dtype)
         for inst, value in reversed(list(zip(self.instances, ids))):  # lowest score first, so the best paints last
             paint(out, inst.array, value)  # a call, so each mask is freed before the next is decoded
         return out
 
-    def save_png(self, path: str | Path, kind: Literal["instance", "category"] = "instance",
-                 categories: Sequence[str] | None = None) -> Path:
+    def save_png(
+        self,
+        path: str | Path,
+        kind: Literal["instance", "category"] = "instance",
+        categories: Sequence[str] | None = None,
+    ) -> Path:
         """Write `label_image(kind, categories)` as a lossless PNG (8- or 16-bit grey)."""
         path = Path(path)
         Image.fromarray(self.label_image(kind, categories)).save(path, format="PNG")

@@ -59,12 +59,22 @@ class Tiling(_Strict):
     its full input resolution, and instances cut by tile borders are merged back together."""
 
     tile_size: int = Field(default=1008, ge=64, le=8192, description="Tile side in pixels (SAM3 sees 1008x1008).")
-    overlap: int = Field(default=200, ge=0, description="Pixels shared by neighbouring tiles; make it wider "
-                         "than the objects you look for so each is whole in at least one tile.")
-    merge_iou: Probability = Field(default=0.5, description="Two instances from overlapping tiles are one "
-                                   "object when their masks' IoU inside the tiles' shared area reaches this.")
-    full_image: bool = Field(default=True, description="Also run the whole (downscaled) image and keep what no "
-                             "tile found, e.g. objects larger than a tile.")
+    overlap: int = Field(
+        default=200,
+        ge=0,
+        description="Pixels shared by neighbouring tiles; make it wider "
+        "than the objects you look for so each is whole in at least one tile.",
+    )
+    merge_iou: Probability = Field(
+        default=0.5,
+        description="Two instances from overlapping tiles are one "
+        "object when their masks' IoU inside the tiles' shared area reaches this.",
+    )
+    full_image: bool = Field(
+        default=True,
+        description="Also run the whole (downscaled) image and keep what no "
+        "tile found, e.g. objects larger than a tile.",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> "Tiling":
@@ -87,14 +97,16 @@ class SegmentParams(_Strict):
     reference_exemplars: list[Exemplar] = Field(
         default_factory=list,
         description="Boxes on the separate `reference_image` around examples of what to find in this image "
-        "(\"find everything like this\").",
+        '("find everything like this").',
     )
     negative_prompts: list[str] = Field(
         default_factory=list,
         description="Concepts to exclude, e.g. ['mannequin']: an instance whose mask overlaps an instance "
         "of one of these (see negative_iou, negative_containment) is dropped.",
     )
-    negative_iou: Probability = Field(default=0.5, description="Drop an instance whose mask IoU with an excluded one reaches this.")
+    negative_iou: Probability = Field(
+        default=0.5, description="Drop an instance whose mask IoU with an excluded one reaches this."
+    )
     negative_containment: Probability = Field(
         default=0.8, description="... or that lies this much (fraction of its own area) inside an excluded one."
     )
@@ -217,7 +229,9 @@ class Limits(BaseModel):
     max_exemplars: int = Field(default=16, gt=0)
     max_points: int = Field(default=32, gt=0)
     max_tiles: int = Field(default=64, gt=0, description="tiles per image in high-resolution mode")
-    max_video_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="video upload size (replaces max_payload_bytes there)")
+    max_video_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="video upload size (replaces max_payload_bytes there)"
+    )
     max_video_frames: int = Field(default=3000, gt=0, description="frames in one video (counted before decoding)")
     max_video_pixels: int = Field(default=8_294_400, gt=0, description="width*height of a video frame (3840x2160)")
 
@@ -304,8 +318,11 @@ class InfoResponse(BaseModel):
     api_version: str = API_VERSION
     model: str
     tiny_random_model: bool = Field(description="True when the weights are random: masks are meaningless")
-    output_double: bool = Field(default=False, description="True when no model runs: the benchmarks' SAM3 "
-                                "output double answers with synthetic instances (serving/output_double.py)")
+    output_double: bool = Field(
+        default=False,
+        description="True when no model runs: the benchmarks' SAM3 "
+        "output double answers with synthetic instances (serving/output_double.py)",
+    )
     dtype: str
     device: str
     replicas: dict[str, int]
@@ -337,7 +354,9 @@ class StatusResponse(BaseModel):
     throughput: Throughput | None = Field(
         description="None until the service has sampled its metrics twice (a few seconds after the first status call)"
     )
-    sampled_at: float = Field(description="Unix time of the newest metrics sample; Ray exports metrics every few seconds")
+    sampled_at: float = Field(
+        description="Unix time of the newest metrics sample; Ray exports metrics every few seconds"
+    )
 
 
 class HealthResponse(BaseModel):

@@ -84,8 +84,17 @@ def retry_delay(policy: RetryPolicy, attempt: int, outcome: httpx.Response | Exc
         if outcome.status_code not in policy.statuses:
             return None
         return policy.delay(attempt, _retry_after(outcome))
-    retryable = isinstance(outcome, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                                     httpx.ReadError, httpx.WriteError, httpx.PoolTimeout))
+    retryable = isinstance(
+        outcome,
+        (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            httpx.WriteError,
+            httpx.PoolTimeout,
+        ),
+    )
     return policy.delay(attempt) if retryable else None
 
 

@@ -47,10 +47,16 @@ class ApiKeyMiddleware:
         authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key:
-            response = error_json(401, "unauthorized", "this service needs an API key: send 'Authorization: Bearer KEY'",
-                                  headers={"WWW-Authenticate": "Bearer"})
+            response = error_json(
+                401,
+                "unauthorized",
+                "this service needs an API key: send 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         elif not is_valid(key.strip(), hashes):
-            response = error_json(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+            response = error_json(
+                401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
+            )
         else:
             return await self.app(scope, receive, send)
         return await response(scope, receive, send)

@@ -33,7 +33,8 @@ def add_service_commands(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
     render = sub.add_parser(
-        "render-config", help="write the Serve config with overrides, for `serve deploy` or KubeRay's serveConfigV2")
+        "render-config", help="write the Serve config with overrides, for `serve deploy` or KubeRay's serveConfigV2"
+    )
     _config_options(render)
     render.add_argument("--out", type=Path, help="write here instead of stdout")
     render.set_defaults(func=cmd_render_config)
@@ -46,8 +47,11 @@ def add_service_commands(sub) -> None:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
 
-    double = sub.add_parser("make-output-double", help="write a model folder for the benchmarks' SAM3 output "
-                            "double (no model: synthetic instances after a simulated forward pass)")
+    double = sub.add_parser(
+        "make-output-double",
+        help="write a model folder for the benchmarks' SAM3 output "
+        "double (no model: synthetic instances after a simulated forward pass)",
+    )
     double.add_argument("dir", type=Path)
     double.add_argument("--forward-ms", type=float, default=30.0, help="simulated GPU time per batch")
     double.set_defaults(func=cmd_make_output_double)
@@ -88,8 +92,10 @@ def cmd_render_config(args) -> int:
     return 0
 
 
-RENDERED_HEADER = ("# Written by `samfleet render-config` from samfleet's Serve config; the reasons for each\n"
-                   "# value are in serving/serve_config.yaml and the README.\n")
+RENDERED_HEADER = (
+    "# Written by `samfleet render-config` from samfleet's Serve config; the reasons for each\n"
+    "# value are in serving/serve_config.yaml and the README.\n"
+)
 
 
 def _config(load, args, model: str | None):
@@ -124,8 +130,11 @@ def _start(args, model: str | None) -> str:
     started = time.monotonic()
     for note in runner.start(settings, address=getattr(args, "address", None)):
         print(f"NOTE: {note}", flush=True)
-    print(f"samfleet is serving {settings.args['model']} at {settings.url} "
-          f"(ready in {time.monotonic() - started:.1f} s; API docs at {settings.url}/docs)", flush=True)
+    print(
+        f"samfleet is serving {settings.args['model']} at {settings.url} "
+        f"(ready in {time.monotonic() - started:.1f} s; API docs at {settings.url}/docs)",
+        flush=True,
+    )
     return settings.url
 
 
@@ -174,8 +183,11 @@ def cmd_demo(args) -> int:
                 clicked = client.segment_points(path, centre)
                 clicked.overlay(caption=caption).save(args.out / f"{path.stem}_point.png")
                 coco.add(path.name, clicked)
-                print(f"{path.name}: {len(text.instances)} instance(s) of {args.prompt!r}, "
-                      f"point mask score {clicked.instances[0].score:.2f}", flush=True)
+                print(
+                    f"{path.name}: {len(text.instances)} instance(s) of {args.prompt!r}, "
+                    f"point mask score {clicked.instances[0].score:.2f}",
+                    flush=True,
+                )
     finally:
         runner.stop()
     (args.out / "annotations.coco.json").write_text(json.dumps(coco.to_dict()))
@@ -183,5 +195,3 @@ def cmd_demo(args) -> int:
     if caption:
         print(f"NOTE: {TINY_MODEL_NOTICE}")
     return 0
-
-

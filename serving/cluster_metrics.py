@@ -78,8 +78,11 @@ def _per_deployment(samples: list[Sample], name: str, application: str) -> dict[
 
 def summarise(samples: list[Sample], application: str, image_endpoints: set[str], now: float) -> Snapshot:
     answered = sum(
-        s.value for s in samples
-        if s.name == REQUESTS and s.labels.get("endpoint") in image_endpoints and s.labels.get("status", "").startswith("2")
+        s.value
+        for s in samples
+        if s.name == REQUESTS
+        and s.labels.get("endpoint") in image_endpoints
+        and s.labels.get("status", "").startswith("2")
     )
     return Snapshot(
         time=now,

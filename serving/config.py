@@ -35,7 +35,9 @@ class AuthConfig(BaseModel):
     # Empty: no authentication (a service on loopback or behind an authenticating proxy).
     # Otherwise every route but /healthz needs `Authorization: Bearer KEY` whose hash is listed;
     # `samfleet new-api-key` makes a key and its hash.
-    api_key_hashes: list[Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(default_factory=list)
+    api_key_hashes: list[Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(
+        default_factory=list
+    )
 
 
 class ServiceConfig(BaseModel):
@@ -66,17 +68,21 @@ class ServiceConfig(BaseModel):
         if not any(where.is_relative_to(Path(root).resolve()) for root in self.model_roots):
             raise ValueError(f"model {self.model!r} is not inside the allowed model_roots {self.model_roots}")
         return self
+
     concurrent_decodes: int = Field(
-        default=2, gt=0,
+        default=2,
+        gt=0,
         description="images each ingress replica decodes and resizes at a time; each holds a decoded photo "
         "(36 MB at 12 MP) and its resize buffers, so this bounds the ingress's memory whatever the load",
     )
     text_cache_entries: int = Field(
-        default=1024, ge=0,
+        default=1024,
+        ge=0,
         description="text prompts whose encoded features each SAM3 replica keeps (LRU, ~16 KB each for SAM3 "
         "in bfloat16): a batch job's repeated prompt is encoded once; 0 disables",
     )
     embedding_cache_mb: float = Field(
-        default=1024, ge=0,
+        default=1024,
+        ge=0,
         description="memory per SAM3 replica for image embeddings kept for later point/box prompts; 0 disables",
     )

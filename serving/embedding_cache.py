@@ -80,4 +80,8 @@ class EmbeddingCache:
         return await asyncio.to_thread(self.predictor.embed, images)
 
     def describe(self) -> dict:
-        return {"capacity": self.capacity, "embedding_bytes": self.embedding_bytes, "images_encoded": self.images_encoded}
+        return {
+            "capacity": self.capacity,
+            "embedding_bytes": self.embedding_bytes,
+            "images_encoded": self.images_encoded,
+        }

@@ -20,8 +20,9 @@ log = logging.getLogger("samfleet")
 class ServiceError(Exception):
     """A request the service refuses: `status` is a 4xx (or 503) with a message for the caller."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
@@ -52,14 +53,20 @@ def overloaded(exc: BackPressureError) -> "ServiceError":
     its `backpressure_config`, as the same JSON error as every other refusal.  (Serve's own
     handler for this answers in plain text.)"""
     headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
-    return ServiceError(exc.status_code, "overloaded", f"the service is at capacity, retry later: {exc}", headers=headers)
+    return ServiceError(
+        exc.status_code, "overloaded", f"the service is at capacity, retry later: {exc}", headers=headers
+    )
 
 
 def replica_lost(exc: Exception) -> "ServiceError":
     """The model replica died while it held the request (crash, OOM, node lost): Serve starts
     another, so the same request succeeds when sent again; 503 says so to retrying clients."""
-    return ServiceError(503, "replica_lost", f"the model replica handling this request was lost, retry: "
-                        f"{exc.__class__.__name__}", headers={"Retry-After": "1"})
+    return ServiceError(
+        503,
+        "replica_lost",
+        f"the model replica handling this request was lost, retry: {exc.__class__.__name__}",
+        headers={"Retry-After": "1"},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -62,7 +62,9 @@ def image_parts(json_model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(name for name in IMAGE_PARTS if name in json_model.model_fields)
 
 
-async def read_image_request(request: Request, json_model: type[P], params_model: type[BaseModel]) -> tuple[dict[str, bytes], P]:
+async def read_image_request(
+    request: Request, json_model: type[P], params_model: type[BaseModel]
+) -> tuple[dict[str, bytes], P]:
     """({part: image bytes}, validated parameters) from a JSON body (base64 images) or a
     multipart form (image files + `params` JSON field)."""
     parts = image_parts(json_model)
@@ -73,12 +75,16 @@ async def read_image_request(request: Request, json_model: type[P], params_model
         except ValidationError as exc:
             raise validation_error(exc) from None
         params = params_model.model_validate(payload.model_dump(exclude=set(parts)))
-        images = {name: _b64decode(getattr(payload, name), name) for name in parts if getattr(payload, name) is not None}
+        images = {
+            name: _b64decode(getattr(payload, name), name) for name in parts if getattr(payload, name) is not None
+        }
         return images, params  # type: ignore[return-value]
     if content_type == MULTIPART:
         return await _read_form(request, parts, params_model)  # type: ignore[return-value]
     raise ServiceError(
-        415, "unsupported_media_type", f"content type {content_type or '(none)'!r} is not supported; send {JSON} or {MULTIPART}"
+        415,
+        "unsupported_media_type",
+        f"content type {content_type or '(none)'!r} is not supported; send {JSON} or {MULTIPART}",
     )
 
 
@@ -87,8 +93,11 @@ async def read_video_request(request: Request, params_model: type[P]) -> tuple[b
     field); no base64 JSON form, which would inflate a large upload by a third."""
     content_type = _content_type(request)
     if content_type != MULTIPART:
-        raise ServiceError(415, "unsupported_media_type",
-                           f"content type {content_type or '(none)'!r} is not supported; send {MULTIPART}")
+        raise ServiceError(
+            415,
+            "unsupported_media_type",
+            f"content type {content_type or '(none)'!r} is not supported; send {MULTIPART}",
+        )
     files, params = await _read_form(request, ("video",), params_model)
     return files["video"], params
 
@@ -126,20 +135,31 @@ def _b64decode(data: str, field: str) -> bytes:
 
 def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
     texts = {"prompt": params.prompt} if getattr(params, "prompt", None) is not None else {}
-    texts.update({f"{name}.{i}": text for name in ("prompts", "negative_prompts")
-                  for i, text in enumerate(getattr(params, name, ()))})
+    texts.update(
+        {
+            f"{name}.{i}": text
+            for name in ("prompts", "negative_prompts")
+            for i, text in enumerate(getattr(params, name, ()))
+        }
+    )
     for field, text in texts.items():
         if len(text) > limits.max_prompt_chars:
             raise ServiceError(
-                422, "prompt_too_long", f"{field} has {len(text)} characters; the limit is {limits.max_prompt_chars}", field
+                422,
+                "prompt_too_long",
+                f"{field} has {len(text)} characters; the limit is {limits.max_prompt_chars}",
+                field,
             )
     if len(texts) > limits.max_prompts:
-        raise ServiceError(422, "too_many_prompts", f"{len(texts)} text prompts; the limit is {limits.max_prompts}",
-                           "prompts")
+        raise ServiceError(
+            422, "too_many_prompts", f"{len(texts)} text prompts; the limit is {limits.max_prompts}", "prompts"
+        )
     exemplars = len(getattr(params, "exemplars", ())) + len(getattr(params, "reference_exemplars", ()))
     points = len(getattr(params, "points", ()))
     if exemplars > limits.max_exemplars:
-        raise ServiceError(422, "too_many_exemplars", f"{exemplars} exemplars; the limit is {limits.max_exemplars}", "exemplars")
+        raise ServiceError(
+            422, "too_many_exemplars", f"{exemplars} exemplars; the limit is {limits.max_exemplars}", "exemplars"
+        )
     if points > limits.max_points:
         raise ServiceError(422, "too_many_points", f"{points} points; the limit is {limits.max_points}", "points")
 
@@ -193,4 +213,3 @@ def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], t
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-

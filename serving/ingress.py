@@ -4,7 +4,6 @@ through its handle, post-processes and encodes the results.
 No `from __future__ import annotations` here: FastAPI reads the route annotations at runtime.
 """
 
-
 import asyncio
 import logging
 import time
@@ -95,7 +94,9 @@ def _deployments() -> dict[str, DeploymentStatus]:
     app_name = serve.get_replica_context().app_name
     app = serve.status().applications[app_name]
     return {
-        name: DeploymentStatus(name=name, status=str(d.status.value), replicas={str(k): v for k, v in d.replica_states.items()})
+        name: DeploymentStatus(
+            name=name, status=str(d.status.value), replicas={str(k): v for k, v in d.replica_states.items()}
+        )
         for name, d in app.deployments.items()
     }
 
@@ -113,7 +114,9 @@ class Ingress:
         api.state.request_metrics = self.metrics = RequestMetrics(ENDPOINTS)
         self.decode_slots = asyncio.Semaphore(self.config.concurrent_decodes)
         self.sampler = ClusterSampler(
-            serve.get_replica_context().app_name, IMAGE_ENDPOINTS, self.config.status.sample_interval_s,
+            serve.get_replica_context().app_name,
+            IMAGE_ENDPOINTS,
+            self.config.status.sample_interval_s,
             self.config.status.window_s,
         )
 
@@ -164,7 +167,9 @@ class Ingress:
             log.warning(TINY_MODEL_NOTICE)
         return InfoResponse(
             model=self.config.model,
-            replicas={name: d.replicas.get("RUNNING", 0) for name, d in (await run_in_threadpool(_deployments)).items()},
+            replicas={
+                name: d.replicas.get("RUNNING", 0) for name, d in (await run_in_threadpool(_deployments)).items()
+            },
             limits=self.config.limits,
             batching=BatchingInfo(**self.config.batching.model_dump()),
             **described,
@@ -197,8 +202,13 @@ class Ingress:
         times = StageTimes()
 
         def plan(images, params):  # the job holds the resized windows: the photo is not kept
-            job = plan_segment(images["image"], params, self.config.limits,
-                               lambda pixels: model_image(pixels, self.processor), images.get("reference_image"))
+            job = plan_segment(
+                images["image"],
+                params,
+                self.config.limits,
+                lambda pixels: model_image(pixels, self.processor),
+                images.get("reference_image"),
+            )
             return images["image"].shape[:2], job
 
         ((height, width), job), params = await self._prepared(request, SegmentRequest, SegmentParams, times, plan)
@@ -206,8 +216,14 @@ class Ingress:
         raws = await self._timed(times, [self.model.segment.remote(item) for item in job.items])
         found = await run_in_threadpool(times.run, "postprocess", job.finish, raws, self.processor)
         response = await run_in_threadpool(
-            times.run, "encode", segment_response, found, height=height, width=width,
-            mask_format=params.mask_format, model=self.config.model,
+            times.run,
+            "encode",
+            segment_response,
+            found,
+            height=height,
+            width=width,
+            mask_format=params.mask_format,
+            model=self.config.model,
         )
         return await self._answer(SEGMENT_PATH, response, times)
 
@@ -237,13 +253,29 @@ class Ingress:
             model = model.options(multiplexed_model_id=await run_in_threadpool(image_key, item.image))
         (raw,) = await self._timed(times, [model.segment_points.remote(item)])
         response = await run_in_threadpool(
-            times.run, "postprocess", point_masks_response, raw, height=height, width=width,
-            mask_threshold=params.mask_threshold, mask_format=params.mask_format, model=self.config.model,
+            times.run,
+            "postprocess",
+            point_masks_response,
+            raw,
+            height=height,
+            width=width,
+            mask_threshold=params.mask_threshold,
+            mask_format=params.mask_format,
+            model=self.config.model,
         )
         return await self._answer(POINTS_PATH, response, times)
 
-    @api.post(VIDEO_PATH, responses={**ERRORS, 200: {"content": {NDJSON: {}}, "description": "one JSON line per "
-              "frame (sdk.schema.VideoFrame) as it is computed, then a VideoSummary (or VideoError) line"}})
+    @api.post(
+        VIDEO_PATH,
+        responses={
+            **ERRORS,
+            200: {
+                "content": {NDJSON: {}},
+                "description": "one JSON line per "
+                "frame (sdk.schema.VideoFrame) as it is computed, then a VideoSummary (or VideoError) line",
+            },
+        },
+    )
     async def track_video(self, request: Request) -> StreamingResponse:
         """Multipart: `video` file + `params` JSON (TrackParams).  Everything that can be checked before
         tracking starts is, so a bad request gets a 4xx status instead of a failed stream."""
@@ -251,11 +283,19 @@ class Ingress:
         check_prompt_limits(self.config.limits, params)
         video = await run_in_threadpool(probe_video, data, self.config.limits)
         if params.frame >= video.frames:
-            raise ServiceError(422, "out_of_range", f"frame {params.frame} is past the video's last frame "
-                               f"({video.frames - 1})", "frame")
+            raise ServiceError(
+                422,
+                "out_of_range",
+                f"frame {params.frame} is past the video's last frame ({video.frames - 1})",
+                "frame",
+            )
         check_inside("points", [p.x for p in params.points], [p.y for p in params.points], video.width, video.height)
-        item = TrackRequest(prompt=params.prompt, points=[[p.x, p.y] for p in params.points],
-                            point_labels=[int(p.label == "positive") for p in params.points], frame=params.frame)
+        item = TrackRequest(
+            prompt=params.prompt,
+            points=[[p.x, p.y] for p in params.points],
+            point_labels=[int(p.label == "positive") for p in params.points],
+            frame=params.frame,
+        )
         frames = self.model.options(stream=True).track_video.remote(data, item)
         # A full queue or a lost replica shows on the first frame: answered as a 503 status, which
         # clients retry, rather than as a failed stream after a 200.
@@ -276,8 +316,14 @@ class Ingress:
                     yield ndjson(line)
             except Exception as exc:  # the status (200) is sent: the stream's last line says what failed
                 log.exception("video tracking failed")
-                yield ndjson(VideoError(error=ErrorDetail(code="tracking_failed", message=f"tracking failed after "
-                                                          f"{sent} frames: {exc.__class__.__name__}")))
+                yield ndjson(
+                    VideoError(
+                        error=ErrorDetail(
+                            code="tracking_failed",
+                            message=f"tracking failed after {sent} frames: {exc.__class__.__name__}",
+                        )
+                    )
+                )
                 return
             self.metrics.returned(VIDEO_PATH, len(object_ids))
             yield ndjson(VideoSummary(frames=sent, object_ids=sorted(object_ids), model=self.config.model))

@@ -28,12 +28,21 @@ class RequestMetrics:
     def __init__(self, endpoints: set[str]):
         # Unknown paths (scanners, typos) share one label so they cannot blow up cardinality.
         self.endpoints = endpoints
-        self.requests = Counter(REQUESTS, "HTTP requests answered, by endpoint and status code",
-                                tag_keys=("endpoint", "status"))
-        self.latency = Histogram(LATENCY, "Time from request received to answer sent, in seconds",
-                                 boundaries=LATENCY_BOUNDARIES_S, tag_keys=("endpoint",))
-        self.instances = Histogram(INSTANCES, "Instances returned per segmentation answer",
-                                   boundaries=INSTANCE_BOUNDARIES, tag_keys=("endpoint",))
+        self.requests = Counter(
+            REQUESTS, "HTTP requests answered, by endpoint and status code", tag_keys=("endpoint", "status")
+        )
+        self.latency = Histogram(
+            LATENCY,
+            "Time from request received to answer sent, in seconds",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("endpoint",),
+        )
+        self.instances = Histogram(
+            INSTANCES,
+            "Instances returned per segmentation answer",
+            boundaries=INSTANCE_BOUNDARIES,
+            tag_keys=("endpoint",),
+        )
 
     def endpoint(self, path: str) -> str:
         return path if path in self.endpoints else "other"
@@ -56,8 +65,12 @@ class BatchMetrics:
 
     def __init__(self, max_batch_size: int):
         boundaries = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
-        self.sizes = Histogram(BATCH_SIZE, "Requests per model forward pass, by method",
-                               boundaries=[b for b in boundaries if b <= max_batch_size], tag_keys=("method",))
+        self.sizes = Histogram(
+            BATCH_SIZE,
+            "Requests per model forward pass, by method",
+            boundaries=[b for b in boundaries if b <= max_batch_size],
+            tag_keys=("method",),
+        )
         self.requests = Counter(BATCHED_REQUESTS, "Requests run through the model, by method", tag_keys=("method",))
 
     def ran(self, method: str, batch_size: int) -> None:
@@ -69,8 +82,9 @@ class TextCacheMetrics:
     """Recorded by the model deployment: prompt lookups in the text-feature cache, by result."""
 
     def __init__(self):
-        self.lookups = Counter(TEXT_CACHE, "Text prompts looked up in the text-feature cache, by result (hit/miss)",
-                               tag_keys=("result",))
+        self.lookups = Counter(
+            TEXT_CACHE, "Text prompts looked up in the text-feature cache, by result (hit/miss)", tag_keys=("result",)
+        )
         self._seen = (0, 0)
 
     def update(self, hits: int, misses: int) -> None:

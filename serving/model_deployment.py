@@ -71,8 +71,12 @@ class SAM3Model:
 
     def _real_model(self) -> Sam3Predictor:
         if self.predictor is None:
-            raise ServiceError(422, "not_available", "this service runs the benchmarks' output double, which only "
-                               "answers /v1/segment; point and video requests need a real model")
+            raise ServiceError(
+                422,
+                "not_available",
+                "this service runs the benchmarks' output double, which only "
+                "answers /v1/segment; point and video requests need a real model",
+            )
         return self.predictor
 
     def describe(self) -> dict:

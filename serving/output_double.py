@@ -63,8 +63,10 @@ class SegmentOutputDouble:
 
     def segment(self, items: Sequence[SegmentItem]) -> list[list[RawDetections]]:
         time.sleep(self.forward_s)
-        return [[self._answer(text if not excluded else "0", item.mask_threshold) for text, excluded in item.queries()]
-                for item in items]
+        return [
+            [self._answer(text if not excluded else "0", item.mask_threshold) for text, excluded in item.queries()]
+            for item in items
+        ]
 
     def _answer(self, text: str, mask_threshold: float) -> RawDetections:
         match = _COUNT.match(text)
@@ -76,8 +78,12 @@ class SegmentOutputDouble:
                 # Made once per key: on a GPU the replica's share of this is device work.
                 made = synthetic_detections(count, seed=count * VARIANTS + self._turn, mask_size=self.mask_size)
                 self._answers[key] = RawDetections.of(
-                    torch.from_numpy(made.pred_logits), torch.from_numpy(made.pred_boxes),
-                    torch.from_numpy(made.pred_masks), torch.from_numpy(made.presence_logits), mask_threshold)
+                    torch.from_numpy(made.pred_logits),
+                    torch.from_numpy(made.pred_boxes),
+                    torch.from_numpy(made.pred_masks),
+                    torch.from_numpy(made.presence_logits),
+                    mask_threshold,
+                )
             return self._answers[key]
 
     def describe(self) -> dict:

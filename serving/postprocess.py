@@ -67,14 +67,16 @@ def found_instances(
         found = _detections(raw, processor, label, height, width, mask_threshold)
         (excluded if is_excluded else wanted).extend(found)
     if excluded and wanted:
-        dropped = negatives.suppressed([w.rle() for w in wanted], [e.rle() for e in excluded],
-                                       iou=negative_iou, containment=negative_containment)
+        dropped = negatives.suppressed(
+            [w.rle() for w in wanted], [e.rle() for e in excluded], iou=negative_iou, containment=negative_containment
+        )
         wanted = [w for w, drop in zip(wanted, dropped) if not drop]
     return wanted
 
 
-def _detections(raw: RawDetections, processor: Sam3Processor, label: str, height: int, width: int,
-                mask_threshold: float) -> list[Found]:
+def _detections(
+    raw: RawDetections, processor: Sam3Processor, label: str, height: int, width: int, mask_threshold: float
+) -> list[Found]:
     outputs = SimpleNamespace(
         pred_logits=torch.from_numpy(raw.pred_logits)[None],
         pred_boxes=torch.from_numpy(raw.pred_boxes)[None],
@@ -82,7 +84,8 @@ def _detections(raw: RawDetections, processor: Sam3Processor, label: str, height
     )
     # The replica already applied the score threshold: every row it sent is kept.
     (result,) = processor.image_processor.post_process_object_detection(
-        outputs, threshold=-math.inf, target_sizes=[(height, width)])
+        outputs, threshold=-math.inf, target_sizes=[(height, width)]
+    )
     found = []
     for score, box, window in zip(result["scores"].tolist(), result["boxes"].tolist(), raw.masks, strict=True):
         mask, origin = upsample_window(window, raw.mask_size, (height, width), mask_threshold, probabilities=True)
@@ -90,7 +93,9 @@ def _detections(raw: RawDetections, processor: Sam3Processor, label: str, height
     return found
 
 
-def segment_response(found: list[Found], *, height: int, width: int, mask_format: MaskFormat, model: str) -> SegmentResponse:
+def segment_response(
+    found: list[Found], *, height: int, width: int, mask_format: MaskFormat, model: str
+) -> SegmentResponse:
     """The response listing `found`, best first."""
     instances = [
         Instance.model_construct(mask=f.encoded(mask_format), box=f.box, score=f.score, label=f.label)
@@ -99,16 +104,23 @@ def segment_response(found: list[Found], *, height: int, width: int, mask_format
     return SegmentResponse.model_construct(width=width, height=height, instances=instances, model=model)
 
 
-def point_masks_response(raw: RawPointMasks, *, height: int, width: int, mask_threshold: float,
-                         mask_format: MaskFormat, model: str) -> SegmentResponse:
+def point_masks_response(
+    raw: RawPointMasks, *, height: int, width: int, mask_threshold: float, mask_format: MaskFormat, model: str
+) -> SegmentResponse:
     """As the tracker's `post_process_masks` thresholds the upsampled logits, crop by crop."""
     instances = []
     for window, score in zip(raw.masks, raw.scores, strict=True):
-        mask, origin = upsample_window(window, raw.mask_size, (height, width), logit(mask_threshold),
-                                       probabilities=False)
-        instances.append(Instance.model_construct(
-            mask=encode_mask(mask, mask_format, origin=origin, size=(height, width)),
-            box=mask_box(mask, origin), score=float(score), label="object"))
+        mask, origin = upsample_window(
+            window, raw.mask_size, (height, width), logit(mask_threshold), probabilities=False
+        )
+        instances.append(
+            Instance.model_construct(
+                mask=encode_mask(mask, mask_format, origin=origin, size=(height, width)),
+                box=mask_box(mask, origin),
+                score=float(score),
+                label="object",
+            )
+        )
     return SegmentResponse.model_construct(width=width, height=height, instances=instances, model=model)
 
 

@@ -47,8 +47,9 @@ def model_image(image: np.ndarray, processor) -> ModelImage:
 
 def pixel_values(images: Sequence[ModelImage], processor) -> torch.Tensor:
     """The normalised model input of prepared images (the processor's own rescale and normalise)."""
-    return processor.image_processor(images=[torch.from_numpy(i.pixels) for i in images], do_resize=False,
-                                     return_tensors="pt")["pixel_values"]
+    return processor.image_processor(
+        images=[torch.from_numpy(i.pixels) for i in images], do_resize=False, return_tensors="pt"
+    )["pixel_values"]
 
 
 @dataclass
@@ -80,8 +81,14 @@ class RawDetections:
     masks: list[MaskWindow]  # (N,)
 
     @classmethod
-    def of(cls, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, pred_masks: torch.Tensor,
-           presence_logits: torch.Tensor, mask_threshold: float) -> "RawDetections":
+    def of(
+        cls,
+        pred_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        pred_masks: torch.Tensor,
+        presence_logits: torch.Tensor,
+        mask_threshold: float,
+    ) -> "RawDetections":
         """From one image's kept model outputs (any device): (N,), (N, 4), (N, h, w), (1,)."""
         return cls(
             pred_logits=pred_logits.float().cpu().numpy(),
@@ -165,19 +172,24 @@ class Sam3Predictor:
     def segment(self, items: Sequence[SegmentItem]) -> list[list[RawDetections]]:
         """For each item, one RawDetections per `item.queries()`, in that order.  Each image is
         encoded once however many prompts it comes with."""
-        queries = [_Query(i, slot, text, [] if excluded else items[i].boxes, [] if excluded else items[i].box_labels)
-                   for i, item in enumerate(items) for slot, (text, excluded) in enumerate(item.queries())]
+        queries = [
+            _Query(i, slot, text, [] if excluded else items[i].boxes, [] if excluded else items[i].box_labels)
+            for i, item in enumerate(items)
+            for slot, (text, excluded) in enumerate(item.queries())
+        ]
         results: list[list[RawDetections | None]] = [[None] * len(item.queries()) for item in items]
         for idx in group_indices(queries, lambda q: len(q.boxes)):
             group = [queries[k] for k in idx]
             has_boxes = bool(group[0].boxes)
             images = list(dict.fromkeys(q.item for q in group))  # each image once, in order
-            inputs = self._to_model(self.m.processor(
-                original_sizes=[items[q.item].image.original_size for q in group],
-                input_boxes=[q.boxes for q in group] if has_boxes else None,
-                input_boxes_labels=[q.box_labels for q in group] if has_boxes else None,
-                return_tensors="pt",
-            ))
+            inputs = self._to_model(
+                self.m.processor(
+                    original_sizes=[items[q.item].image.original_size for q in group],
+                    input_boxes=[q.boxes for q in group] if has_boxes else None,
+                    input_boxes_labels=[q.box_labels for q in group] if has_boxes else None,
+                    return_tensors="pt",
+                )
+            )
             # Text comes from the cache below; the processor tokenises a placeholder for boxes alone.
             inputs.pop("input_ids", None)
             inputs.pop("attention_mask", None)
@@ -185,16 +197,25 @@ class Sam3Predictor:
             vision = self.m.detector.get_vision_features(pixel_values=pixels.to(self.m.device, self.m.dtype))
             row_image = torch.tensor([images.index(q.item) for q in group], device=self.m.device)
             text = self.texts.features([q.text for q in group], self.m.device)
-            out = self.m.detector(vision_embeds=_rows(vision, row_image), text_embeds=text.embeds,
-                                  attention_mask=text.attention_mask, **inputs)
+            out = self.m.detector(
+                vision_embeds=_rows(vision, row_image),
+                text_embeds=text.embeds,
+                attention_mask=text.attention_mask,
+                **inputs,
+            )
             logits = out.pred_logits.float()
             presence = out.presence_logits.float()
             scores = logits.sigmoid() * presence.sigmoid()
             for row, q in enumerate(group):
                 item = items[q.item]
                 keep = scores[row] > item.threshold
-                results[q.item][q.slot] = RawDetections.of(logits[row][keep], out.pred_boxes[row][keep],
-                                                           out.pred_masks[row][keep], presence[row], item.mask_threshold)
+                results[q.item][q.slot] = RawDetections.of(
+                    logits[row][keep],
+                    out.pred_boxes[row][keep],
+                    out.pred_masks[row][keep],
+                    presence[row],
+                    item.mask_threshold,
+                )
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -225,8 +246,9 @@ class Sam3Predictor:
                 return_tensors="pt",
             )
             image_embeddings = [torch.cat(level) for level in zip(*(embeddings[i] for i in idx))]
-            out = self.m.tracker(**self._to_model(inputs), image_embeddings=image_embeddings,
-                                 multimask_output=first.multimask)
+            out = self.m.tracker(
+                **self._to_model(inputs), image_embeddings=image_embeddings, multimask_output=first.multimask
+            )
             masks = out.pred_masks  # (B, objects=1, K, h, w)
             scores = out.iou_scores.float()  # (B, 1, K)
             for row, i in enumerate(idx):

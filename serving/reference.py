@@ -48,10 +48,14 @@ def compose(target: np.ndarray, reference: np.ndarray, boxes: list[list[float]])
     canvas = np.zeros((height, width + strip_w, 3), dtype=np.uint8)
     canvas[:, :width] = target
     offset_y = (height - strip_h) // 2
-    canvas[offset_y:offset_y + strip_h, width:] = strip
+    canvas[offset_y : offset_y + strip_h, width:] = strip
     moved = [
-        [width + (b[0] - left) * scale, offset_y + (b[1] - top) * scale,
-         width + (b[2] - left) * scale, offset_y + (b[3] - top) * scale]
+        [
+            width + (b[0] - left) * scale,
+            offset_y + (b[1] - top) * scale,
+            width + (b[2] - left) * scale,
+            offset_y + (b[3] - top) * scale,
+        ]
         for b in boxes
     ]
     return Composite(canvas, moved, width, height)
@@ -62,11 +66,12 @@ def on_target(found: list[Found], composite: Composite) -> list[Found]:
     kept = []
     width = composite.target_width
     for f in found:
-        mask = f.mask[:, :max(width - f.origin[0], 0)]  # the crop's columns left of the strip
+        mask = f.mask[:, : max(width - f.origin[0], 0)]  # the crop's columns left of the strip
         total = np.count_nonzero(f.mask)
         if total and np.count_nonzero(mask) / total < KEEP_INSIDE:
             continue
         x1, y1, x2, y2 = f.box
-        kept.append(replace(f, mask=mask, size=(composite.target_height, width),
-                            box=(min(x1, width), y1, min(x2, width), y2)))
+        kept.append(
+            replace(f, mask=mask, size=(composite.target_height, width), box=(min(x1, width), y1, min(x2, width), y2))
+        )
     return kept

@@ -111,8 +111,10 @@ def fit_to_cluster(settings: ServeSettings, gpus_available: float, cpu_cores: in
             options["num_replicas"] = 1
     replicas = model_opts.get("num_replicas", 1)
     actor.update(num_gpus=0, num_cpus=max(1, cpu_cores // replicas))
-    return [f"no GPU on this machine: SAM3 runs on the CPU (slow), {replicas} replica(s) using "
-            f"{actor['num_cpus']} cores each, no autoscaling"]
+    return [
+        f"no GPU on this machine: SAM3 runs on the CPU (slow), {replicas} replica(s) using "
+        f"{actor['num_cpus']} cores each, no autoscaling"
+    ]
 
 
 def start(

@@ -38,8 +38,13 @@ class SegmentJob:
         labels = [(text if item.prompts or excluded else EXEMPLAR_LABEL, excluded) for text, excluded in item.queries()]
         found = [
             found_instances(
-                raw, labels, processor, height=it.image.original_size[0], width=it.image.original_size[1],
-                mask_threshold=self.params.mask_threshold, negative_iou=self.params.negative_iou,
+                raw,
+                labels,
+                processor,
+                height=it.image.original_size[0],
+                width=it.image.original_size[1],
+                mask_threshold=self.params.mask_threshold,
+                negative_iou=self.params.negative_iou,
                 negative_containment=self.params.negative_containment,
             )
             for raw, it in zip(raws, self.items, strict=True)
@@ -51,8 +56,13 @@ class SegmentJob:
         return found[0]
 
 
-def plan_segment(image: np.ndarray, params: SegmentParams, limits: Limits, prepare: Callable[[np.ndarray], ModelImage],
-                 reference_image: np.ndarray | None = None) -> SegmentJob:
+def plan_segment(
+    image: np.ndarray,
+    params: SegmentParams,
+    limits: Limits,
+    prepare: Callable[[np.ndarray], ModelImage],
+    reference_image: np.ndarray | None = None,
+) -> SegmentJob:
     """The job for `params` on `image`, each window's pixels made ready for the model by `prepare`
     (`predictor.model_image` with the model's processor); ServiceError (422) for boxes outside
     their image, reference exemplars without a reference image (or the reverse), or too many tiles."""
@@ -70,9 +80,14 @@ def plan_segment(image: np.ndarray, params: SegmentParams, limits: Limits, prepa
         height, width = image.shape[:2]
     windows = tiling.plan(width, height, params.tiling) if params.tiling else [tiling.Window(0, 0, width, height)]
     if len(windows) > limits.max_tiles:
-        raise ServiceError(422, "too_many_tiles", f"{width}x{height} in tiles of {params.tiling.tile_size} "  # type: ignore[union-attr]
-                           f"with overlap {params.tiling.overlap} makes {len(windows)} tiles; "  # type: ignore[union-attr]
-                           f"the limit is {limits.max_tiles}", "tiling")
+        raise ServiceError(
+            422,
+            "too_many_tiles",
+            f"{width}x{height} in tiles of {params.tiling.tile_size} "  # type: ignore[union-attr]
+            f"with overlap {params.tiling.overlap} makes {len(windows)} tiles; "  # type: ignore[union-attr]
+            f"the limit is {limits.max_tiles}",
+            "tiling",
+        )
     items = [
         SegmentItem(
             image=prepare(window.crop(image)),
@@ -92,8 +107,9 @@ def _composite(image: np.ndarray, params: SegmentParams, reference_image: np.nda
     if reference_image is None:
         raise ServiceError(422, "invalid_request", "reference_exemplars need a reference_image", "reference_image")
     if not params.reference_exemplars:
-        raise ServiceError(422, "invalid_request", "a reference_image needs reference_exemplars (boxes on it)",
-                           "reference_exemplars")
+        raise ServiceError(
+            422, "invalid_request", "a reference_image needs reference_exemplars (boxes on it)", "reference_exemplars"
+        )
     ref_h, ref_w = reference_image.shape[:2]
     for i, ex in enumerate(params.reference_exemplars):
         check_box_inside(f"reference_exemplars.{i}.box", ex.box, ref_w, ref_h)

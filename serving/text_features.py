@@ -36,8 +36,9 @@ class TextFeatureCache:
     @torch.inference_mode()
     def features(self, texts: list[str], device: torch.device) -> TextFeatures:
         rows = [self._features(text, device) for text in texts]
-        return TextFeatures(BaseModelOutputWithPooling(pooler_output=torch.cat([r[0] for r in rows])),
-                            torch.cat([r[1] for r in rows]))
+        return TextFeatures(
+            BaseModelOutputWithPooling(pooler_output=torch.cat([r[0] for r in rows])), torch.cat([r[1] for r in rows])
+        )
 
     def _features(self, text: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self._kept.get(text)
@@ -47,8 +48,9 @@ class TextFeatureCache:
             return kept
         self.misses += 1
         tokens = self.processor(text=[text], return_tensors="pt").to(device)
-        encoded = self.detector.get_text_features(input_ids=tokens["input_ids"],
-                                                  attention_mask=tokens["attention_mask"])
+        encoded = self.detector.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
         kept = (encoded.pooler_output, tokens["attention_mask"])
         if self.entries:
             self._kept[text] = kept

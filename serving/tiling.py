@@ -35,7 +35,7 @@ class Window:
     y1: int
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        return image[self.y0:self.y1, self.x0:self.x1]
+        return image[self.y0 : self.y1, self.x0 : self.x1]
 
     def intersect(self, other: "Window") -> "Window | None":
         x0, y0 = max(self.x0, other.x0), max(self.y0, other.y0)
@@ -53,7 +53,8 @@ def plan(width: int, height: int, tiling: Tiling) -> list[Window]:
     whole = Window(0, 0, width, height)
     tiles = [
         Window(x, y, min(x + tiling.tile_size, width), min(y + tiling.tile_size, height))
-        for y in _starts(height, tiling) for x in _starts(width, tiling)
+        for y in _starts(height, tiling)
+        for x in _starts(width, tiling)
     ]
     if len(tiles) == 1:
         return [whole]
@@ -107,11 +108,19 @@ def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merg
     """One list of whole-image instances from the instances found in each window (window
     coordinates), parts of one object joined."""
     whole = Window(0, 0, max(w.x1 for w in windows), max(w.y1 for w in windows))
-    pieces = [_piece(f, w, whole, fine=w != whole or len(windows) == 1)
-              for fs, w in zip(found_per_window, windows) for f in fs]
-    pairs = [(i, j) for i, a in enumerate(pieces) for j in range(i + 1, len(pieces))
-             if a.window != pieces[j].window and a.found.label == pieces[j].found.label
-             and _same_object(a, pieces[j], merge_iou)]
+    pieces = [
+        _piece(f, w, whole, fine=w != whole or len(windows) == 1)
+        for fs, w in zip(found_per_window, windows)
+        for f in fs
+    ]
+    pairs = [
+        (i, j)
+        for i, a in enumerate(pieces)
+        for j in range(i + 1, len(pieces))
+        if a.window != pieces[j].window
+        and a.found.label == pieces[j].found.label
+        and _same_object(a, pieces[j], merge_iou)
+    ]
     rows, cols = zip(*pairs) if pairs else ((), ())
     graph = coo_array((np.ones(len(pairs)), (rows, cols)), shape=(len(pieces), len(pieces)))
     _, group_of = connected_components(graph, directed=False)
@@ -148,7 +157,7 @@ def _assembled(group: list[_Piece]) -> Found:
     for p in fine:
         seen = p.window.intersect(extent)
         if seen is not None:
-            mask[seen.y0 - extent.y0:seen.y1 - extent.y0, seen.x0 - extent.x0:seen.x1 - extent.x0] = False
+            mask[seen.y0 - extent.y0 : seen.y1 - extent.y0, seen.x0 - extent.x0 : seen.x1 - extent.x0] = False
     for p in fine:
         mask |= _paste(p, extent)
     # The parts' model boxes each end at their tile's border; the joined object's box is its mask's.
@@ -156,8 +165,12 @@ def _assembled(group: list[_Piece]) -> Found:
     best = max(group, key=lambda p: p.found.score)
     return Found(
         score=best.found.score,
-        box=(float(extent.x0 + xs.min()), float(extent.y0 + ys.min()),
-             float(extent.x0 + xs.max() + 1), float(extent.y0 + ys.max() + 1)),
+        box=(
+            float(extent.x0 + xs.min()),
+            float(extent.y0 + ys.min()),
+            float(extent.x0 + xs.max() + 1),
+            float(extent.y0 + ys.max() + 1),
+        ),
         mask=mask,
         label=best.found.label,
         size=best.found.size,
@@ -166,8 +179,9 @@ def _assembled(group: list[_Piece]) -> Found:
 
 
 def _bounding(*windows: Window) -> Window:
-    return Window(min(w.x0 for w in windows), min(w.y0 for w in windows),
-                  max(w.x1 for w in windows), max(w.y1 for w in windows))
+    return Window(
+        min(w.x0 for w in windows), min(w.y0 for w in windows), max(w.x1 for w in windows), max(w.y1 for w in windows)
+    )
 
 
 def _paste(piece: _Piece, region: Window) -> np.ndarray:
@@ -176,6 +190,7 @@ def _paste(piece: _Piece, region: Window) -> np.ndarray:
     overlap = piece.extent.intersect(region)
     if overlap is not None:
         x, y = piece.found.origin
-        out[overlap.y0 - region.y0:overlap.y1 - region.y0, overlap.x0 - region.x0:overlap.x1 - region.x0] = \
-            piece.found.mask[overlap.y0 - y:overlap.y1 - y, overlap.x0 - x:overlap.x1 - x]
+        out[overlap.y0 - region.y0 : overlap.y1 - region.y0, overlap.x0 - region.x0 : overlap.x1 - region.x0] = (
+            piece.found.mask[overlap.y0 - y : overlap.y1 - y, overlap.x0 - x : overlap.x1 - x]
+        )
     return out

@@ -67,8 +67,7 @@ def byte_tokenizer():
 
 
 FULL_SIZE_NOTICE = (
-    "full-size randomly initialised SAM3 (the real architecture, for cost measurements): "
-    "its masks are MEANINGLESS"
+    "full-size randomly initialised SAM3 (the real architecture, for cost measurements): its masks are MEANINGLESS"
 )
 
 
@@ -103,10 +102,12 @@ def build_random_model(out_dir: str | Path, seed: int = 0, *, full_size: bool) -
     # Sam3VideoProcessor / Sam3TrackerVideoProcessor also load a video processor (the class the
     # published checkpoint names); frames are fed one at a time through the image processor, so
     # it only has to match it.
-    Sam2VideoVideoProcessor(size=image_processor.size, image_mean=image_processor.image_mean,
-                            image_std=image_processor.image_std).save_pretrained(out)
-    (out / _MARKER_FILE).write_text(json.dumps({"notice": notice, "seed": seed, "full_size": full_size,
-                                                  "layout": _LAYOUT}))
+    Sam2VideoVideoProcessor(
+        size=image_processor.size, image_mean=image_processor.image_mean, image_std=image_processor.image_std
+    ).save_pretrained(out)
+    (out / _MARKER_FILE).write_text(
+        json.dumps({"notice": notice, "seed": seed, "full_size": full_size, "layout": _LAYOUT})
+    )
     return out
 
 

@@ -114,10 +114,12 @@ def _axis(n_in: int, n_out: int, arithmetic: _Arithmetic) -> _Axis:
 def _interpolate(values: np.ndarray, rows: _Axis, cols: _Axis, arithmetic: _Arithmetic) -> np.ndarray:
     """`values` at the output positions `rows` x `cols` (indices into `values`), as torch's kernel
     does it: along the width first, then those rows along the height."""
-    along_width = arithmetic.combine(values[:, cols.first], cols.weight_first, values[:, cols.second],
-                                     cols.weight_second)
-    return arithmetic.combine(along_width[rows.first], rows.weight_first[:, None], along_width[rows.second],
-                              rows.weight_second[:, None])
+    along_width = arithmetic.combine(
+        values[:, cols.first], cols.weight_first, values[:, cols.second], cols.weight_second
+    )
+    return arithmetic.combine(
+        along_width[rows.first], rows.weight_first[:, None], along_width[rows.second], rows.weight_second[:, None]
+    )
 
 
 def _detect_arithmetic() -> tuple[_Arithmetic, bool]:
@@ -126,15 +128,24 @@ def _detect_arithmetic() -> tuple[_Arithmetic, bool]:
     probes = []
     for h, w, out_h, out_w in ((37, 53, 301, 409), (288, 288, 1013, 761), (64, 9, 64, 1000)):
         values = rng.random((h, w), dtype=np.float32)
-        expected = F.interpolate(torch.from_numpy(values)[None, None], size=(out_h, out_w), mode="bilinear",
-                                 align_corners=False)[0, 0].numpy()
+        expected = F.interpolate(
+            torch.from_numpy(values)[None, None], size=(out_h, out_w), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
         probes.append((values, expected))
     candidates = [_Arithmetic(fused, combine) for fused in (True, False) for combine in (_fused, _plain)]
     for arithmetic in candidates:
-        if all(np.array_equal(_interpolate(values, _axis(values.shape[0], expected.shape[0], arithmetic),
-                                           _axis(values.shape[1], expected.shape[1], arithmetic), arithmetic),
-                              expected)
-               for values, expected in probes):
+        if all(
+            np.array_equal(
+                _interpolate(
+                    values,
+                    _axis(values.shape[0], expected.shape[0], arithmetic),
+                    _axis(values.shape[1], expected.shape[1], arithmetic),
+                    arithmetic,
+                ),
+                expected,
+            )
+            for values, expected in probes
+        ):
             return arithmetic, True
     return candidates[-1], False
 
@@ -158,8 +169,9 @@ def _sigmoid(values: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(padded)[: flat.numel()].reshape(values.shape)
 
 
-def upsample_window(window: MaskWindow, lowres_size: tuple[int, int], size: tuple[int, int], threshold: float,
-                    *, probabilities: bool) -> tuple[np.ndarray, tuple[int, int]]:
+def upsample_window(
+    window: MaskWindow, lowres_size: tuple[int, int], size: tuple[int, int], threshold: float, *, probabilities: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
     """(mask, (x, y)): the thresholded full-resolution pixels of a (`lowres_size`) mask upsampled
     to `size` (height, width) whose sources lie in `window`, and where that crop sits."""
     rows_in, cols_in = window.values.shape
@@ -183,5 +195,6 @@ def _span(axis: _Axis, start: int, length: int) -> tuple[int, _Axis] | None:
     if end <= begin:
         return None
     part = slice(begin, end)
-    return begin, _Axis(axis.first[part] - start, axis.second[part] - start, axis.weight_first[part],
-                        axis.weight_second[part])
+    return begin, _Axis(
+        axis.first[part] - start, axis.second[part] - start, axis.weight_first[part], axis.weight_second[part]
+    )

@@ -37,14 +37,23 @@ def probe_video(data: bytes, limits: Limits) -> VideoInfo:
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > limits.max_video_pixels:
-                raise ServiceError(413, "video_too_large", f"video frames are {width}x{height} = {width * height} "
-                                   f"pixels; the limit is {limits.max_video_pixels}", "video")
+                raise ServiceError(
+                    413,
+                    "video_too_large",
+                    f"video frames are {width}x{height} = {width * height} "
+                    f"pixels; the limit is {limits.max_video_pixels}",
+                    "video",
+                )
             frames = 0
             for packet in container.demux(stream):
                 frames += packet.size > 0  # the demuxer ends with an empty flush packet
                 if frames > limits.max_video_frames:
-                    raise ServiceError(413, "too_many_frames", f"video has more than {limits.max_video_frames} "
-                                       f"frames; the limit is {limits.max_video_frames}", "video")
+                    raise ServiceError(
+                        413,
+                        "too_many_frames",
+                        f"video has more than {limits.max_video_frames} frames; the limit is {limits.max_video_frames}",
+                        "video",
+                    )
     except av.FFmpegError as exc:
         raise ServiceError(422, "invalid_video", f"video is not a decodable video file: {exc}", "video") from None
     if frames == 0 or width * height == 0:

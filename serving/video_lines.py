@@ -13,10 +13,22 @@ def frame_line(tracked: TrackedFrame, frame_count: int, mask_format: MaskFormat)
     instances = []
     for object_id, mask, score, label in zip(tracked.object_ids, tracked.masks, tracked.scores, tracked.labels):
         crop, origin = mask.crop(), (mask.x, mask.y)
-        instances.append(TrackedInstance(object_id=object_id, mask=encode_mask(crop, mask_format, origin=origin, size=size),
-                                         box=mask_box(crop, origin), score=score, label=label))
-    return VideoFrame(frame_index=tracked.frame_index, frame_count=frame_count, width=tracked.width,
-                      height=tracked.height, instances=sorted(instances, key=lambda i: i.object_id))
+        instances.append(
+            TrackedInstance(
+                object_id=object_id,
+                mask=encode_mask(crop, mask_format, origin=origin, size=size),
+                box=mask_box(crop, origin),
+                score=score,
+                label=label,
+            )
+        )
+    return VideoFrame(
+        frame_index=tracked.frame_index,
+        frame_count=frame_count,
+        width=tracked.width,
+        height=tracked.height,
+        instances=sorted(instances, key=lambda i: i.object_id),
+    )
 
 
 def ndjson(line) -> bytes:

@@ -68,15 +68,18 @@ class TrackedFrame:
     masks: list[TrackedMask]
 
     @classmethod
-    def of(cls, frame_index: int, masks: torch.Tensor, object_ids: list[int], scores: list[float],
-           labels: list[str]) -> "TrackedFrame":
+    def of(
+        cls, frame_index: int, masks: torch.Tensor, object_ids: list[int], scores: list[float], labels: list[str]
+    ) -> "TrackedFrame":
         """From the frame's (N, H, W) bool masks."""
         _, height, width = masks.shape
         return cls(frame_index, height, width, object_ids, scores, labels, [TrackedMask.of(m) for m in masks])
 
 
 class VideoTracker(Protocol):
-    def track(self, frames: Iterable[np.ndarray], request: TrackRequest) -> Iterator[tuple[torch.Tensor, list[int], list[float], list[str]]]:
+    def track(
+        self, frames: Iterable[np.ndarray], request: TrackRequest
+    ) -> Iterator[tuple[torch.Tensor, list[int], list[float], list[str]]]:
         """For each frame, in order, as soon as it is computed: its (N, H, W) bool masks (any
         device), object ids, scores and labels.  `frames` start at `request.frame`."""
 
@@ -107,8 +110,10 @@ def _trackings(tracker: VideoTracker, frames: Iterable[np.ndarray], request: Tra
         return zip(tracker.track(frames, request))
     # tee keeps at most one frame: the two trackings advance together.
     by_text, by_points = itertools.tee(frames)
-    return zip(tracker.track(by_text, replace(request, points=[], point_labels=[])),
-               tracker.track(by_points, replace(request, prompt=None)))
+    return zip(
+        tracker.track(by_text, replace(request, points=[], point_labels=[])),
+        tracker.track(by_points, replace(request, prompt=None)),
+    )
 
 
 class Sam3VideoTracker:
@@ -132,7 +137,9 @@ class Sam3VideoTracker:
         for frame in frames:
             with torch.inference_mode():
                 inputs = processor(images=frame, return_tensors="pt")
-                out = self.m.video(inference_session=session, frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype))
+                out = self.m.video(
+                    inference_session=session, frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype)
+                )
                 post = processor.postprocess_outputs(session, out, original_sizes=inputs.original_sizes)
             ids = post["object_ids"].tolist()
             yield post["masks"], ids, post["scores"].float().tolist(), [request.prompt] * len(ids)
@@ -145,11 +152,16 @@ class Sam3VideoTracker:
                 inputs = processor(images=frame, return_tensors="pt")
                 if index == 0:  # the session numbers frames from the first one it sees: `request.frame`
                     processor.add_inputs_to_inference_session(
-                        session, frame_idx=0, obj_ids=POINTS_OBJECT_ID, input_points=[[request.points]],
-                        input_labels=[[request.point_labels]], original_size=inputs.original_sizes[0],
+                        session,
+                        frame_idx=0,
+                        obj_ids=POINTS_OBJECT_ID,
+                        input_points=[[request.points]],
+                        input_labels=[[request.point_labels]],
+                        original_size=inputs.original_sizes[0],
                     )
-                out = self.m.tracker_video(inference_session=session,
-                                           frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype))
+                out = self.m.tracker_video(
+                    inference_session=session, frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype)
+                )
                 (masks,) = processor.post_process_masks([out.pred_masks], original_sizes=inputs.original_sizes)
             score = out.object_score_logits.float().sigmoid()[0, 0].item()
             yield masks[:, 0], [POINTS_OBJECT_ID], [score], [POINTS_LABEL]
