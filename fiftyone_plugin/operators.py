@@ -11,7 +11,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_plugin import curation
-from fiftyone_plugin.segment import REFINE_IMAGES_ONLY, Service, SegmentRun, refine_with_keypoints, segment_collection
+from fiftyone_plugin.segment import REFINE_IMAGES_ONLY, SegmentRun, Service, refine_with_keypoints, segment_collection
 
 DEFAULT_FIELD = "sam3"
 EXPORT_FORMATS = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}

@@ -148,7 +148,7 @@ class BackgroundBatch(Iterator[BatchItem]):
                 pass
             self._thread.join()
 
-    def __enter__(self) -> "BackgroundBatch":
+    def __enter__(self) -> BackgroundBatch:
         return self
 
     def __exit__(self, *exc: Any) -> None:

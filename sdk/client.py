@@ -51,7 +51,7 @@ class Client:
         self.settings = _settings(url, api_key, timeout, retry)
         self._http = httpx.Client(**self.settings.http_options())
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -185,7 +185,7 @@ class AsyncClient:
         self.settings = settings or _settings(url, api_key, timeout, retry)
         self._http = httpx.AsyncClient(**self.settings.http_options())
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

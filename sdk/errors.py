@@ -18,11 +18,11 @@ class APIError(SamfleetError):
         super().__init__(f"HTTP {status} {code or 'error'}: {message}")
 
 
-class ConnectionError(SamfleetError):  # noqa: A001 - deliberately mirrors the builtin's meaning
+class ConnectionError(SamfleetError):  # shadows the builtin on purpose: same meaning, SDK-specific
     """The service could not be reached."""
 
 
-class TimeoutError(SamfleetError):  # noqa: A001
+class TimeoutError(SamfleetError):  # shadows the builtin on purpose, like ConnectionError
     """The service did not answer in time."""
 
 

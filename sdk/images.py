@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 
 def image_bytes(image: ImageInput) -> bytes:

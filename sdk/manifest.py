@@ -30,7 +30,7 @@ class Fingerprint:
     mtime_ns: int
 
     @classmethod
-    def of(cls, path: Path) -> "Fingerprint":
+    def of(cls, path: Path) -> Fingerprint:
         stat = path.stat()
         return cls(stat.st_size, stat.st_mtime_ns)
 

@@ -6,8 +6,9 @@ every consumer decodes one instance at a time and lets it go."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -36,7 +37,7 @@ class Result(SegmentResponse):
     instances: list[InstanceResult]
     _image: ImageInput | None = PrivateAttr(default=None)
 
-    def with_image(self, image: ImageInput) -> "Result":
+    def with_image(self, image: ImageInput) -> Result:
         """Remember the image this result is about, so `overlay()` needs no argument."""
         self._image = image
         return self

@@ -6,7 +6,7 @@ to build requests and parse responses.  Nothing here depends on torch or ray.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
@@ -32,7 +32,7 @@ class Box(_Strict):
     y2: float
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Box":
+    def _ordered(self) -> Box:
         if self.x2 <= self.x1 or self.y2 <= self.y1:
             raise ValueError("box must have x2 > x1 and y2 > y1")
         return self
@@ -77,7 +77,7 @@ class Tiling(_Strict):
     )
 
     @model_validator(mode="after")
-    def _overlap_below_tile(self) -> "Tiling":
+    def _overlap_below_tile(self) -> Tiling:
         if self.overlap >= self.tile_size:
             raise ValueError("overlap must be smaller than tile_size")
         return self
@@ -130,7 +130,7 @@ class SegmentParams(_Strict):
         return values
 
     @model_validator(mode="after")
-    def _has_prompt(self) -> "SegmentParams":
+    def _has_prompt(self) -> SegmentParams:
         if self.prompt is not None and self.prompts:
             raise ValueError("give `prompt` or `prompts`, not both")
         boxes = self.exemplars or self.reference_exemplars
@@ -157,7 +157,7 @@ class PointsParams(_Strict):
     mask_format: MaskFormat = "rle"
 
     @model_validator(mode="after")
-    def _has_prompt(self) -> "PointsParams":
+    def _has_prompt(self) -> PointsParams:
         if not self.points and self.box is None:
             raise ValueError("give points, a box, or both")
         return self
@@ -200,7 +200,7 @@ class PolygonMask(BaseModel):
     polygons: list[list[float]] = Field(description="COCO polygons: [x1, y1, x2, y2, ...] per part")
 
 
-Mask = Annotated[Union[RleMask, PngMask, PolygonMask], Field(discriminator="format")]
+Mask = Annotated[RleMask | PngMask | PolygonMask, Field(discriminator="format")]
 
 
 class Instance(BaseModel):
@@ -251,7 +251,7 @@ class TrackParams(_Strict):
         return SegmentParams._prompt_not_blank(value)
 
     @model_validator(mode="after")
-    def _has_prompt(self) -> "TrackParams":
+    def _has_prompt(self) -> TrackParams:
         if self.prompt is None and not self.points:
             raise ValueError("give a text prompt, points, or both")
         return self
@@ -288,7 +288,7 @@ class VideoError(BaseModel):
     error: ErrorDetail
 
 
-class TrackLine(RootModel[Annotated[Union[VideoFrame, VideoSummary, VideoError], Field(discriminator="type")]]):
+class TrackLine(RootModel[Annotated[VideoFrame | VideoSummary | VideoError, Field(discriminator="type")]]):
     """Any line of the NDJSON stream."""
 
 

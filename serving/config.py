@@ -61,7 +61,7 @@ class ServiceConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _model_inside_roots(self) -> "ServiceConfig":
+    def _model_inside_roots(self) -> ServiceConfig:
         if not self.model_roots:
             return self
         where = Path(self.model).resolve()

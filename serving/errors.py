@@ -48,7 +48,7 @@ def validation_error(exc: ValidationError | RequestValidationError, prefix: str 
     return ServiceError(422, "invalid_request", "; ".join(problems), field=fields[0] if fields else None)
 
 
-def overloaded(exc: BackPressureError) -> "ServiceError":
+def overloaded(exc: BackPressureError) -> ServiceError:
     """The model deployment's queue is full: refuse at once with the status and Retry-After of
     its `backpressure_config`, as the same JSON error as every other refusal.  (Serve's own
     handler for this answers in plain text.)"""
@@ -58,7 +58,7 @@ def overloaded(exc: BackPressureError) -> "ServiceError":
     )
 
 
-def replica_lost(exc: Exception) -> "ServiceError":
+def replica_lost(exc: Exception) -> ServiceError:
     """The model replica died while it held the request (crash, OOM, node lost): Serve starts
     another, so the same request succeeds when sent again; 503 says so to retrying clients."""
     return ServiceError(

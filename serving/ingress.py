@@ -19,10 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from sdk.schema import (
     API_VERSION,
     BatchingInfo,
+    DeploymentStatus,
     ErrorDetail,
     ErrorResponse,
     HealthResponse,
-    DeploymentStatus,
     InfoResponse,
     PointsParams,
     PointsRequest,

@@ -10,8 +10,8 @@ from ray import serve
 
 from serving.config import ServiceConfig
 from serving.embedding_cache import EmbeddingCache
-from serving.metrics import BatchMetrics, TextCacheMetrics
 from serving.errors import ServiceError
+from serving.metrics import BatchMetrics, TextCacheMetrics
 from serving.model_loader import load_sam3
 from serving.output_double import SegmentOutputDouble, is_output_double
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem

@@ -20,8 +20,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -11,8 +11,9 @@ upsamples and encodes them (`serving.postprocess`), off the GPU replica.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class RawDetections:
         pred_masks: torch.Tensor,
         presence_logits: torch.Tensor,
         mask_threshold: float,
-    ) -> "RawDetections":
+    ) -> RawDetections:
         """From one image's kept model outputs (any device): (N,), (N, 4), (N, h, w), (1,)."""
         return cls(
             pred_logits=pred_logits.float().cpu().numpy(),
@@ -234,8 +235,11 @@ class Sam3Predictor:
         if embeddings is None:
             embeddings = self.embed([it.image for it in items])
         results: list[RawPointMasks | None] = [None] * len(items)
-        key = lambda it: (len(it.points), it.box is not None, it.multimask)  # noqa: E731
-        for idx in group_indices(items, key):
+
+        def same_shape(it: PointsItem) -> tuple[int, bool, bool]:
+            return len(it.points), it.box is not None, it.multimask
+
+        for idx in group_indices(items, same_shape):
             group = [items[i] for i in idx]
             first = group[0]
             inputs = self.m.tracker_processor(

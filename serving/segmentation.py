@@ -7,8 +7,8 @@ in-process predictor or a test double in place of the model deployment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from transformers import Sam3Processor

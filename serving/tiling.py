@@ -37,7 +37,7 @@ class Window:
     def crop(self, image: np.ndarray) -> np.ndarray:
         return image[self.y0 : self.y1, self.x0 : self.x1]
 
-    def intersect(self, other: "Window") -> "Window | None":
+    def intersect(self, other: Window) -> Window | None:
         x0, y0 = max(self.x0, other.x0), max(self.y0, other.y0)
         x1, y1 = min(self.x1, other.x1), min(self.y1, other.y1)
         return Window(x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None

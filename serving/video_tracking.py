@@ -9,8 +9,8 @@ no frame is decoded before it is needed); tests put a deterministic double behin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -43,7 +43,7 @@ class TrackedMask:
     packed: np.ndarray  # np.packbits of the (rows, cols) bool crop along its rows
 
     @classmethod
-    def of(cls, mask: torch.Tensor) -> "TrackedMask":
+    def of(cls, mask: torch.Tensor) -> TrackedMask:
         """The crop of an (H, W) bool mask (any device: only the crop is copied to the host)."""
         rows, cols = torch.nonzero(mask.any(dim=1)), torch.nonzero(mask.any(dim=0))
         if len(rows) == 0:
@@ -70,7 +70,7 @@ class TrackedFrame:
     @classmethod
     def of(
         cls, frame_index: int, masks: torch.Tensor, object_ids: list[int], scores: list[float], labels: list[str]
-    ) -> "TrackedFrame":
+    ) -> TrackedFrame:
         """From the frame's (N, H, W) bool masks."""
         _, height, width = masks.shape
         return cls(frame_index, height, width, object_ids, scores, labels, [TrackedMask.of(m) for m in masks])
