@@ -100,7 +100,8 @@ def frame_detections(tracked: dict[str, list[VideoFrame]], mask_dir: Path | None
     for frames in zip(*tracked.values(), strict=True):
         number = frames[0].frame_index + 1
         results = {
-            prompt: FrameResult.model_validate(frame, from_attributes=True) for prompt, frame in zip(tracked, frames)
+            prompt: FrameResult.model_validate(frame, from_attributes=True)
+            for prompt, frame in zip(tracked, frames, strict=True)
         }
         labels[number] = to_detections(results, mask_dir / str(number) if mask_dir is not None else None)
     return labels
@@ -123,7 +124,7 @@ def keypoint_clicks(keypoint: fo.Keypoint, width: int, height: int) -> tuple[lis
         )
     clicks = [
         ([x * width, y * height], int(name == "positive"))
-        for (x, y), name in zip(keypoint.points, names)
+        for (x, y), name in zip(keypoint.points, names, strict=True)
         if not (math.isnan(x) or math.isnan(y))
     ]
     return [c for c, _ in clicks], [label for _, label in clicks]

@@ -30,7 +30,7 @@ REFINE_IMAGES_ONLY = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)  # frozen: safe as a shared default argument
 class Service:
     """Where the service is; None leaves it to the SDK (SAMFLEET_URL / SAMFLEET_API_KEY)."""
 
@@ -90,7 +90,7 @@ class ImageLabels:
                 for p in run.prompts
             )
         )
-        return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results)), mask_dir)
+        return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results, strict=True)), mask_dir)
 
     def write(self, view: foc.SampleCollection, finished: dict[str, fo.Detections]) -> None:
         view.set_values(self.run.label_field, finished, key_field="id")
@@ -109,7 +109,7 @@ def segment_collection(
     todo = pending_samples(view, media.done_field, run.overwrite)
     ids, paths = todo.values(["id", "filepath"])
     summary = RunSummary(skipped=len(view) - len(ids))
-    asyncio.run(_segment(view, list(zip(ids, paths)), run, media, service, summary, progress))
+    asyncio.run(_segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress))
     return summary
 
 

@@ -45,7 +45,7 @@ class VideoLabels:
 
     async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> dict[int, fo.Detections]:
         tracked = await asyncio.gather(*(_track(client, path, prompt) for prompt in self.prompts))
-        return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked)), mask_dir)
+        return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir)
 
     def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
         view.set_values(FRAMES + self.frame_field, finished, key_field="id")

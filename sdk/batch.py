@@ -8,6 +8,7 @@ asyncio (and it works inside Jupyter, whose own loop is already running).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -142,10 +143,8 @@ class BackgroundBatch(Iterator[BatchItem]):
 
     def close(self) -> None:
         if self._thread.is_alive():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed in the meantime: nothing left to cancel
                 self._loop.call_soon_threadsafe(self._task.cancel)
-            except RuntimeError:  # the loop closed in the meantime: nothing left to cancel
-                pass
             self._thread.join()
 
     def __enter__(self) -> BackgroundBatch:

@@ -156,7 +156,7 @@ def _labelled_points(points: Sequence[Sequence[float]], labels: Sequence[int] | 
     labels = [1] * len(points) if labels is None else list(labels)
     if len(labels) != len(points):
         raise ValidationError(f"{len(points)} points but {len(labels)} labels")
-    return [_point(p, label) for p, label in zip(points, labels)]
+    return [_point(p, label) for p, label in zip(points, labels, strict=True)]
 
 
 def _point(p: Sequence[float], label: int) -> Point:

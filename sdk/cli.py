@@ -143,7 +143,7 @@ def _status_table(url: str, status) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"samfleet at {url} (application {status.application!r})"]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     rate = status.throughput
     if rate is None:
         lines.append("throughput: not measured yet (ask again in a few seconds)")

@@ -32,11 +32,11 @@ def overlay(image: ImageInput, result: SegmentResponse, alpha: float = 0.5, capt
     """The image with each instance's mask tinted, its box drawn and its label and score written."""
     pixels = np.array(load_rgb(image))
     colours = palette(len(result.instances))
-    for inst, colour in zip(result.instances, colours):
+    for inst, colour in zip(result.instances, colours, strict=True):
         _tint(pixels, decode_mask(inst.mask), colour, alpha)  # a call, so each mask is freed before the next is decoded
     out = Image.fromarray(pixels)
     draw = ImageDraw.Draw(out)
-    for inst, colour in zip(result.instances, colours):
+    for inst, colour in zip(result.instances, colours, strict=True):
         x1, y1, x2, y2 = inst.box
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
         draw.text((x1 + 3, y1 + 2), f"{inst.label} {inst.score:.2f}", fill=colour)

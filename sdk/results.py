@@ -82,7 +82,8 @@ class Result(SegmentResponse):
         )
         dtype = np.uint8 if max(ids, default=0) <= 255 else np.uint16
         out = np.zeros((self.height, self.width), dtype=dtype)
-        for inst, value in reversed(list(zip(self.instances, ids))):  # lowest score first, so the best paints last
+        # Lowest score first, so the best paints last.
+        for inst, value in reversed(list(zip(self.instances, ids, strict=True))):
             paint(out, inst.array, value)  # a call, so each mask is freed before the next is decoded
         return out
 

@@ -1,4 +1,5 @@
-"""The service's `samfleet` commands (serve, demo, make-tiny-model, make-output-double, render-config), added to the CLI in sdk.cli.
+"""The service's `samfleet` commands (serve, demo, make-tiny-model, make-output-double, render-config),
+added to the CLI in sdk.cli.
 
 Only the standard library is imported here at module level, so a laptop with the SDK alone can
 build the parser; the commands import the service when they run."""

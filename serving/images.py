@@ -30,11 +30,11 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> np.ndarra
     except ServiceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ServiceError(413, "image_too_large", f"{field} rejected as a decompression bomb: {exc}", field)
-    except UnidentifiedImageError:
-        raise ServiceError(422, "invalid_image", f"{field} is not a decodable {SUPPORTED} file", field)
+        raise ServiceError(413, "image_too_large", f"{field} rejected as a decompression bomb: {exc}", field) from exc
+    except UnidentifiedImageError as exc:
+        raise ServiceError(422, "invalid_image", f"{field} is not a decodable {SUPPORTED} file", field) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ServiceError(422, "invalid_image", f"{field} is corrupt or truncated: {exc}", field)
+        raise ServiceError(422, "invalid_image", f"{field} is corrupt or truncated: {exc}", field) from exc
     # In place, and converted only when not RGB already: each copy of a 12 MP photo costs as
     # much as a third of decoding it (Pillow copies on a no-op transpose or convert).
     ImageOps.exif_transpose(image, in_place=True)

@@ -70,7 +70,7 @@ def found_instances(
         dropped = negatives.suppressed(
             [w.rle() for w in wanted], [e.rle() for e in excluded], iou=negative_iou, containment=negative_containment
         )
-        wanted = [w for w, drop in zip(wanted, dropped) if not drop]
+        wanted = [w for w, drop in zip(wanted, dropped, strict=True) if not drop]
     return wanted
 
 

@@ -249,7 +249,7 @@ class Sam3Predictor:
                 input_boxes=[[it.box] for it in group] if first.box is not None else None,
                 return_tensors="pt",
             )
-            image_embeddings = [torch.cat(level) for level in zip(*(embeddings[i] for i in idx))]
+            image_embeddings = [torch.cat(level) for level in zip(*(embeddings[i] for i in idx), strict=True)]
             out = self.m.tracker(
                 **self._to_model(inputs), image_embeddings=image_embeddings, multimask_output=first.multimask
             )

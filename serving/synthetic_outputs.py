@@ -45,7 +45,7 @@ def synthetic_detections(count: int, seed: int = 0, mask_size: tuple[int, int] =
     ys, xs = (ys + 0.5) / h, (xs + 0.5) / w
     masks = np.empty((count, h, w), np.float32)
     boxes = np.empty((count, 4), np.float32)
-    for k, (area, aspect) in enumerate(zip(areas, aspects)):
+    for k, (area, aspect) in enumerate(zip(areas, aspects, strict=True)):
         ry, rx = math.sqrt(area / math.pi / aspect), math.sqrt(area * aspect / math.pi)
         cy, cx = rng.uniform(ry, 1 - ry), rng.uniform(rx, 1 - rx)
         if rng.random() < BORDER_SHARE:

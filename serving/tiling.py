@@ -110,7 +110,7 @@ def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merg
     whole = Window(0, 0, max(w.x1 for w in windows), max(w.y1 for w in windows))
     pieces = [
         _piece(f, w, whole, fine=w != whole or len(windows) == 1)
-        for fs, w in zip(found_per_window, windows)
+        for fs, w in zip(found_per_window, windows, strict=True)
         for f in fs
     ]
     pairs = [
@@ -121,11 +121,11 @@ def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merg
         and a.found.label == pieces[j].found.label
         and _same_object(a, pieces[j], merge_iou)
     ]
-    rows, cols = zip(*pairs) if pairs else ((), ())
+    rows, cols = zip(*pairs, strict=True) if pairs else ((), ())
     graph = coo_array((np.ones(len(pairs)), (rows, cols)), shape=(len(pieces), len(pieces)))
     _, group_of = connected_components(graph, directed=False)
     groups: dict[int, list[_Piece]] = {}
-    for piece, group in zip(pieces, group_of):
+    for piece, group in zip(pieces, group_of, strict=True):
         groups.setdefault(int(group), []).append(piece)
     return [_assembled(group) for group in groups.values()]
 

@@ -57,7 +57,7 @@ def support_windows(masks: torch.Tensor, threshold: float, *, probabilities: boo
     host = masks.cpu()
     height, width = masks.shape[1:]
     windows = []
-    for mask, in_rows, in_cols in zip(host, rows, cols):
+    for mask, in_rows, in_cols in zip(host, rows, cols, strict=True):
         ys, xs = np.flatnonzero(in_rows), np.flatnonzero(in_cols)
         if len(ys) == 0:
             windows.append(MaskWindow(0, 0, mask[:0, :0].clone()))

@@ -11,7 +11,9 @@ from serving.video_tracking import TrackedFrame
 def frame_line(tracked: TrackedFrame, frame_count: int, mask_format: MaskFormat) -> VideoFrame:
     size = (tracked.height, tracked.width)
     instances = []
-    for object_id, mask, score, label in zip(tracked.object_ids, tracked.masks, tracked.scores, tracked.labels):
+    for object_id, mask, score, label in zip(
+        tracked.object_ids, tracked.masks, tracked.scores, tracked.labels, strict=True
+    ):
         crop, origin = mask.crop(), (mask.x, mask.y)
         instances.append(
             TrackedInstance(

@@ -108,11 +108,13 @@ def _trackings(tracker: VideoTracker, frames: Iterable[np.ndarray], request: Tra
     """Per frame, the output of each tracking the request needs."""
     if request.prompt is None or not request.points:
         return zip(tracker.track(frames, request))
-    # tee keeps at most one frame: the two trackings advance together.
+    # tee keeps at most one frame: the two trackings advance together, one output per frame each.
+    # Not strict: that would resume the points tracking once more after the last frame, to see it end.
     by_text, by_points = itertools.tee(frames)
     return zip(
         tracker.track(by_text, replace(request, points=[], point_labels=[])),
         tracker.track(by_points, replace(request, prompt=None)),
+        strict=False,
     )
 
 
