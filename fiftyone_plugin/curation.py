@@ -64,7 +64,7 @@ def without_rejected(collection: foc.SampleCollection, label_field: str) -> foc.
 
 def export_labels(
     collection: foc.SampleCollection, label_field: str, export_dir: str | Path, formats: list[ExportFormat]
-) -> dict[str, str]:
+) -> dict[ExportFormat, str]:
     """Export the labels minus rejected ones; returns {format: directory}.
 
     coco: FiftyOne's COCO instance-segmentation export (masks as COCO polygons, as FiftyOne writes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import fiftyone as fo
@@ -31,7 +32,7 @@ class TrackedInstanceResult(TrackedInstance, InstanceResult):
 class FrameResult(VideoFrame):
     """One frame of `track_video` with decodable instances (the SDK yields plain wire frames)."""
 
-    instances: list[TrackedInstanceResult]
+    instances: list[TrackedInstanceResult]  # type: ignore[assignment]  # pydantic field narrowed: decodable instances
 
 
 def pixel_box(
@@ -76,7 +77,7 @@ def to_detection(
     return detection
 
 
-def to_detections(results: dict[str, Result | FrameResult], mask_dir: Path | None = None) -> fo.Detections:
+def to_detections(results: Mapping[str, Result | FrameResult], mask_dir: Path | None = None) -> fo.Detections:
     """One Detections from the results of several prompts on one image or frame (`{prompt: result}`).
 
     With `mask_dir`, masks go to `mask_dir/<prompt index>-<instance index>.png` instead of the

@@ -14,7 +14,7 @@ from fiftyone_plugin import curation
 from fiftyone_plugin.segment import REFINE_IMAGES_ONLY, SegmentRun, Service, refine_with_keypoints, segment_collection
 
 DEFAULT_FIELD = "sam3"
-EXPORT_FORMATS = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
+EXPORT_FORMATS: dict[str, list[curation.ExportFormat]] = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
 
 
 def service(ctx) -> Service:

@@ -11,22 +11,25 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
 from sdk.errors import ConnectionError
-from sdk.images import ImageInput
+
+# What a batch is over: the images given to `Client.segment_many` (`sdk.images.ImageInput`), or
+# whatever `call` takes in `run_batch`.
+T = TypeVar("T")
 
 
 @dataclass
-class BatchItem:
+class BatchItem(Generic[T]):
     """One image of a batch: its position in the input, and either its result or its error."""
 
     index: int
-    image: ImageInput
+    image: T
     result: Any = None
     error: Exception | None = None
 
@@ -36,13 +39,13 @@ class BatchItem:
 
 
 async def run_batch(
-    images: Iterable[ImageInput],
-    call: Callable[[ImageInput], Awaitable[Any]],
+    images: Iterable[T],
+    call: Callable[[T], Awaitable[Any]],
     *,
     concurrency: int = 8,
     progress: bool = True,
     ordered: bool = True,
-) -> AsyncIterator[BatchItem]:
+) -> AsyncIterator[BatchItem[T]]:
     """Yield a BatchItem per image, in input order (`ordered`) or as each finishes.
 
     At most `concurrency` calls are in flight, and `images` is consumed lazily, so a generator
@@ -52,9 +55,9 @@ async def run_batch(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
+    total = len(images) if isinstance(images, Sized) else None
     source = enumerate(images)
-    done: asyncio.Queue[BatchItem | BaseException | None] = asyncio.Queue()
+    done: asyncio.Queue[BatchItem[T] | BaseException | None] = asyncio.Queue()
 
     async def worker() -> None:
         try:
@@ -73,7 +76,7 @@ async def run_batch(
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     bar = tqdm(total=total, disable=not progress, unit="img", desc="samfleet")
-    waiting: dict[int, BatchItem] = {}
+    waiting: dict[int, BatchItem[T]] = {}
     next_index, failed, live = 0, 0, len(workers)
     try:
         while live:
@@ -100,21 +103,21 @@ async def run_batch(
         bar.close()
 
 
-class BackgroundBatch(Iterator[BatchItem]):
+class BackgroundBatch(Iterator[BatchItem[T]]):
     """Runs an async batch on its own event loop in a daemon thread, starting at once; iterate
     to receive the items.  `close()` (or leaving a `with` block) cancels what is left; a batch
     that is simply dropped runs to its end (the running thread keeps it alive)."""
 
     _END = object()
 
-    def __init__(self, batch: Callable[[], AsyncIterator[BatchItem]]):
+    def __init__(self, batch: Callable[[], AsyncIterator[BatchItem[T]]]):
         self._items: queue.Queue[Any] = queue.Queue()
         self._loop = asyncio.new_event_loop()
         self._task = self._loop.create_task(self._pump(batch))
         self._thread = threading.Thread(target=self._run, name="samfleet-batch", daemon=True)
         self._thread.start()
 
-    async def _pump(self, batch: Callable[[], AsyncIterator[BatchItem]]) -> None:
+    async def _pump(self, batch: Callable[[], AsyncIterator[BatchItem[T]]]) -> None:
         try:
             async for item in batch():
                 self._items.put(item)
@@ -131,7 +134,7 @@ class BackgroundBatch(Iterator[BatchItem]):
         finally:
             self._loop.close()
 
-    def __next__(self) -> BatchItem:
+    def __next__(self) -> BatchItem[T]:
         item = self._items.get()
         if item is self._END:
             self._items.put(item)  # stay exhausted
@@ -147,7 +150,7 @@ class BackgroundBatch(Iterator[BatchItem]):
                 self._loop.call_soon_threadsafe(self._task.cancel)
             self._thread.join()
 
-    def __enter__(self) -> BackgroundBatch:
+    def __enter__(self) -> BackgroundBatch[T]:
         return self
 
     def __exit__(self, *exc: Any) -> None:

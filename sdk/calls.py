@@ -106,11 +106,11 @@ def segment_params(
     (True, or a `Tiling` with its sizes) finds small objects in large images tile by tile."""
     boxes = [Exemplar(box=_box(b), label="positive") for b in exemplars]
     boxes += [Exemplar(box=_box(b), label="negative") for b in negative]
-    several = prompt is not None and not isinstance(prompt, str)
+    single, several = (prompt, []) if prompt is None or isinstance(prompt, str) else (None, list(prompt))
     return _validated(
         SegmentParams,
-        prompt=None if several else prompt,
-        prompts=list(prompt) if several else [],
+        prompt=single,
+        prompts=several,
         negative_prompts=list(negative_prompts),
         negative_iou=negative_iou,
         negative_containment=negative_containment,

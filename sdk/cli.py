@@ -75,7 +75,11 @@ def _add_install_plugin(sub) -> None:
 
 def cmd_install_plugin(args) -> int:
     # find_spec locates the package without running its __init__ (which imports fiftyone).
-    source = Path(importlib.util.find_spec("fiftyone_plugin").origin).parent
+    spec = importlib.util.find_spec("fiftyone_plugin")
+    if spec is None or spec.origin is None:  # it ships with the SDK: only a broken install lacks it
+        print("error: the fiftyone_plugin package is not installed", file=sys.stderr)
+        return 2
+    source = Path(spec.origin).parent
     plugins_dir = args.plugins_dir
     if plugins_dir is None:
         import fiftyone as fo

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -22,6 +22,9 @@ from sdk.images import ImageInput
 from sdk.results import Result
 from sdk.schema import HealthResponse, InfoResponse, StatusResponse, VideoFrame
 from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, VideoStream, finish, retry_delay
+
+# A batch's items give back the images as they were passed (`item.image`), type included.
+ImageT = TypeVar("ImageT", bound=ImageInput)
 
 
 def _settings(url: str | None, api_key: str | None, timeout: float, retry: RetryPolicy | None) -> Settings:
@@ -81,7 +84,7 @@ class Client:
 
     def segment_many(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageT],
         prompt: str | Sequence[str] | None = None,
         *,
         reference_image: ImageInput | None = None,
@@ -89,7 +92,7 @@ class Client:
         progress: bool = True,
         ordered: bool = True,
         **params: Any,
-    ) -> BackgroundBatch:
+    ) -> BackgroundBatch[ImageT]:
         """`segment` over many images, `concurrency` at a time; starts at once, iterate for BatchItems.
 
         Items come in input order, or as they finish with `ordered=False`.  A failed image has
@@ -109,14 +112,14 @@ class Client:
 
     def segment_points_many(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageT],
         points: Sequence[Sequence[float]] = (),
         *,
         concurrency: int = 8,
         progress: bool = True,
         ordered: bool = True,
         **params: Any,
-    ) -> BackgroundBatch:
+    ) -> BackgroundBatch[ImageT]:
         """`segment_points` with the same points/box on every image, like `segment_many`."""
         calls.points_params(points, **params)
         return self._in_background(
@@ -144,11 +147,11 @@ class Client:
             response.close()  # also when the caller stops early: the server stops tracking
         stream.finished()
 
-    def _in_background(self, method: str, *args: Any, **kwargs: Any) -> BackgroundBatch:
+    def _in_background(self, method: str, *args: Any, **kwargs: Any) -> BackgroundBatch[Any]:
         """Run AsyncClient.`method` (a batch) on the background loop with this client's settings."""
         settings = self.settings
 
-        async def batch() -> AsyncIterator[BatchItem]:
+        async def batch() -> AsyncIterator[BatchItem[Any]]:
             async with AsyncClient(settings=settings) as client:
                 async for item in getattr(client, method)(*args, **kwargs):
                     yield item
@@ -157,9 +160,10 @@ class Client:
 
     def _send(self, call: Call) -> Any:
         for attempt in itertools.count():
+            outcome: httpx.Response | Exception
             try:
                 request = self._http.build_request(call.method, call.path, **call.kwargs)
-                outcome: httpx.Response | Exception = self._http.send(request, stream=call.stream)
+                outcome = self._http.send(request, stream=call.stream)
                 if outcome.is_error:
                     outcome.read()  # an error body is short and is needed even when streaming
             except httpx.TransportError as exc:
@@ -233,7 +237,7 @@ class AsyncClient:
 
     def segment_many(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageT],
         prompt: str | Sequence[str] | None = None,
         *,
         reference_image: ImageInput | None = None,
@@ -241,7 +245,7 @@ class AsyncClient:
         progress: bool = True,
         ordered: bool = True,
         **params: Any,
-    ) -> AsyncIterator[BatchItem]:
+    ) -> AsyncIterator[BatchItem[ImageT]]:
         """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
         return run_batch(
@@ -254,14 +258,14 @@ class AsyncClient:
 
     def segment_points_many(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageT],
         points: Sequence[Sequence[float]] = (),
         *,
         concurrency: int = 8,
         progress: bool = True,
         ordered: bool = True,
         **params: Any,
-    ) -> AsyncIterator[BatchItem]:
+    ) -> AsyncIterator[BatchItem[ImageT]]:
         calls.points_params(points, **params)
         return run_batch(
             images,
@@ -273,9 +277,10 @@ class AsyncClient:
 
     async def _send(self, call: Call) -> Any:
         for attempt in itertools.count():
+            outcome: httpx.Response | Exception
             try:
                 request = self._http.build_request(call.method, call.path, **call.kwargs)
-                outcome: httpx.Response | Exception = await self._http.send(request, stream=call.stream)
+                outcome = await self._http.send(request, stream=call.stream)
                 if outcome.is_error:
                     await outcome.aread()
             except httpx.TransportError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+from typing import Literal, overload
 
 import numpy as np
 from PIL import Image
@@ -18,6 +19,22 @@ from pycocotools import mask as coco_mask
 from sdk.schema import Mask, MaskFormat, PngMask, PolygonMask, RleMask
 
 
+@overload
+def encode_mask(
+    mask: np.ndarray, fmt: Literal["rle"], *, origin: tuple[int, int] = ..., size: tuple[int, int] | None = ...
+) -> RleMask: ...
+@overload
+def encode_mask(
+    mask: np.ndarray, fmt: Literal["polygon"], *, origin: tuple[int, int] = ..., size: tuple[int, int] | None = ...
+) -> PolygonMask: ...
+@overload
+def encode_mask(
+    mask: np.ndarray, fmt: Literal["png"], *, origin: tuple[int, int] = ..., size: tuple[int, int] | None = ...
+) -> PngMask: ...
+@overload
+def encode_mask(
+    mask: np.ndarray, fmt: MaskFormat, *, origin: tuple[int, int] = ..., size: tuple[int, int] | None = ...
+) -> Mask: ...
 def encode_mask(
     mask: np.ndarray, fmt: MaskFormat, *, origin: tuple[int, int] = (0, 0), size: tuple[int, int] | None = None
 ) -> Mask:

@@ -14,10 +14,11 @@ from sdk.schema import SegmentResponse
 
 def palette(n: int) -> list[tuple[int, int, int]]:
     """n well-separated colours (golden-ratio hue steps)."""
-    return [
-        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 1.0))  # type: ignore[misc]
-        for i in range(n)
-    ]
+    colours = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 1.0)
+        colours.append((int(255 * r), int(255 * g), int(255 * b)))
+    return colours
 
 
 def _tint(pixels: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:

@@ -34,7 +34,7 @@ class InstanceResult(Instance):
 class Result(SegmentResponse):
     """A segmentation result.  Instances are sorted by score, highest first."""
 
-    instances: list[InstanceResult]
+    instances: list[InstanceResult]  # type: ignore[assignment]  # pydantic field narrowed: decodable instances
     _image: ImageInput | None = PrivateAttr(default=None)
 
     def with_image(self, image: ImageInput) -> Result:

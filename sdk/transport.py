@@ -137,7 +137,7 @@ class VideoStream:
         if isinstance(parsed, VideoError):
             raise APIError(200, parsed.error.message, parsed.error.code, parsed.error.field)
         self.summarised = not isinstance(parsed, VideoFrame)
-        return None if self.summarised else parsed
+        return parsed if isinstance(parsed, VideoFrame) else None
 
     def finished(self) -> None:
         if not self.summarised:
