@@ -17,5 +17,6 @@ from serving.model_deployment import SAM3Model
 def build_app(args: dict, deployment_options: dict[str, dict] | None = None) -> Application:
     config = ServiceConfig.model_validate(args or {}).model_dump()
     options = deployment_options or {}
-    model = SAM3Model.options(**options.get("SAM3Model", {})).bind(config)
-    return Ingress.options(**options.get("Ingress", {})).bind(model, config)
+    # @serve.deployment makes each class a Deployment, but mypy keeps a decorated class's own type.
+    model = SAM3Model.options(**options.get("SAM3Model", {})).bind(config)  # type: ignore[attr-defined]  # a Deployment
+    return Ingress.options(**options.get("Ingress", {})).bind(model, config)  # type: ignore[attr-defined]  # a Deployment

@@ -56,7 +56,7 @@ async def scrape(urls: list[str], timeout_s: float = 2.0) -> list[Sample]:
     """Samples of every reachable node; a node that does not answer in time is left out."""
     async with httpx.AsyncClient(timeout=timeout_s) as client:
         answers = await asyncio.gather(*(client.get(url) for url in urls), return_exceptions=True)
-    samples = []
+    samples: list[Sample] = []
     for answer in answers:
         if isinstance(answer, httpx.Response) and answer.status_code == 200:
             for family in text_string_to_metric_families(answer.text):
@@ -152,7 +152,10 @@ class ClusterSampler:
         if self._task is None:
             await self.sample()
             self._task = asyncio.create_task(self._keep_sampling())
-        return self.history.latest, self.history.rates()
+        latest = self.history.latest
+        if latest is None:  # not reached: sample() added one and the history keeps its newest
+            raise RuntimeError("no metrics sampled yet")
+        return latest, self.history.rates()
 
     async def _keep_sampling(self) -> None:
         while True:

@@ -63,7 +63,7 @@ def image_parts(json_model: type[BaseModel]) -> tuple[str, ...]:
 
 
 async def read_image_request(
-    request: Request, json_model: type[P], params_model: type[BaseModel]
+    request: Request, json_model: type[BaseModel], params_model: type[P]
 ) -> tuple[dict[str, bytes], P]:
     """({part: image bytes}, validated parameters) from a JSON body (base64 images) or a
     multipart form (image files + `params` JSON field)."""
@@ -78,9 +78,9 @@ async def read_image_request(
         images = {
             name: _b64decode(getattr(payload, name), name) for name in parts if getattr(payload, name) is not None
         }
-        return images, params  # type: ignore[return-value]
+        return images, params
     if content_type == MULTIPART:
-        return await _read_form(request, parts, params_model)  # type: ignore[return-value]
+        return await _read_form(request, parts, params_model)
     raise ServiceError(
         415,
         "unsupported_media_type",
@@ -134,7 +134,8 @@ def _b64decode(data: str, field: str) -> bytes:
 
 
 def check_prompt_limits(limits: Limits, params: BaseModel) -> None:
-    texts = {"prompt": params.prompt} if getattr(params, "prompt", None) is not None else {}
+    prompt = getattr(params, "prompt", None)
+    texts = {"prompt": prompt} if prompt is not None else {}
     texts.update(
         {
             f"{name}.{i}": text
@@ -212,4 +213,4 @@ def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], t
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document

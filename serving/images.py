@@ -21,7 +21,7 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> np.ndarra
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             # Image.open reads only the header: refuse oversized images before decoding pixels.
             width, height = image.size
             if width * height > limits.max_image_pixels:

@@ -7,13 +7,15 @@ No `from __future__ import annotations` here: FastAPI reads the route annotation
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.concurrency import run_in_threadpool
 
 from sdk.schema import (
@@ -61,6 +63,7 @@ from serving.video_lines import frame_line, ndjson
 from serving.video_tracking import TrackRequest
 
 log = logging.getLogger("samfleet")
+T = TypeVar("T")
 
 api = FastAPI(
     title="samfleet",
@@ -78,7 +81,7 @@ document_image_body(
         f"/{API_VERSION}/segment/points": (PointsRequest, PointsParams),
     },
 )
-ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
 SEGMENT_PATH = f"/{API_VERSION}/segment"
 POINTS_PATH = f"/{API_VERSION}/segment/points"
 IMAGE_ENDPOINTS = {SEGMENT_PATH, POINTS_PATH}
@@ -143,8 +146,9 @@ class Ingress:
         return answers
 
     @staticmethod
-    async def _infer(response: DeploymentResponse):
-        """The model deployment's answer to a call."""
+    async def _infer(response: Awaitable[T]) -> T:
+        """The model deployment's answer to a call (a DeploymentResponse, or the next item of a
+        DeploymentResponseGenerator)."""
         try:
             return await response
         except BackPressureError as exc:
@@ -296,7 +300,8 @@ class Ingress:
             point_labels=[int(p.label == "positive") for p in params.points],
             frame=params.frame,
         )
-        frames = self.model.options(stream=True).track_video.remote(data, item)
+        # With stream=True the handle answers with a generator; its types cannot say so.
+        frames = cast(DeploymentResponseGenerator, self.model.options(stream=True).track_video.remote(data, item))
         # A full queue or a lost replica shows on the first frame: answered as a 503 status, which
         # clients retry, rather than as a failed stream after a 200.
         first = await self._infer(anext(frames, None))
@@ -308,7 +313,7 @@ class Ingress:
                     yield tracked
 
         async def lines():
-            sent, object_ids = 0, set()
+            sent, object_ids = 0, set[int]()
             try:
                 async for tracked in tracked_frames():
                     line = await run_in_threadpool(frame_line, tracked, video.frames, params.mask_format)

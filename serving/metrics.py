@@ -19,7 +19,7 @@ IMAGE_ENCODINGS = "samfleet_image_encodings_total"
 TEXT_CACHE = "samfleet_text_cache_lookups_total"
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
-INSTANCE_BOUNDARIES = [1, 2, 5, 10, 20, 50, 100, 200]
+INSTANCE_BOUNDARIES: list[float] = [1, 2, 5, 10, 20, 50, 100, 200]  # Histogram takes float boundaries
 
 
 class RequestMetrics:

@@ -36,12 +36,12 @@ class SAM3Model:
             self.video = Sam3VideoTracker(load_sam3_video(self.loaded, self.config.model))
             self.embeddings = EmbeddingCache(self.predictor, self.config.embedding_cache_mb)
         for batched in (self.segment, self.segment_points):
-            batched.set_max_batch_size(self.config.batching.max_batch_size)
-            batched.set_batch_wait_timeout_s(self.config.batching.batch_wait_timeout_s)
+            batched.set_max_batch_size(self.config.batching.max_batch_size)  # type: ignore[union-attr]  # added by @serve.batch, untyped
+            batched.set_batch_wait_timeout_s(self.config.batching.batch_wait_timeout_s)  # type: ignore[union-attr]  # likewise
 
     # The batch size set here is replaced by the configured one in __init__.
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
-    async def segment(self, items: list[SegmentItem]) -> list[RawDetections]:
+    async def segment(self, items: list[SegmentItem]) -> list[list[RawDetections]]:
         self.batches.ran("segment", len(items))
         # In a worker thread so the replica keeps accepting (and batching) requests meanwhile.
         raws = await asyncio.to_thread(self.segmenter.segment, items)
@@ -51,11 +51,11 @@ class SAM3Model:
 
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
-        self._real_model()
+        predictor = self._real_model()
         self.batches.ran("segment_points", len(items))
         # The image key the ingress sent; Serve splits batches by it, so it is one per batch.
         embeddings = await self.embeddings.embeddings(items, serve.get_multiplexed_model_id())
-        return await asyncio.to_thread(self.predictor.segment_points, items, embeddings)
+        return await asyncio.to_thread(predictor.segment_points, items, embeddings)
 
     async def track_video(self, data: bytes, request: TrackRequest) -> AsyncIterator[TrackedFrame]:
         """Frames as they are computed; call through `handle.options(stream=True)`.
@@ -80,12 +80,13 @@ class SAM3Model:
         return self.predictor
 
     def describe(self) -> dict:
-        if self.predictor is None:
+        if isinstance(self.segmenter, SegmentOutputDouble):
             return self.segmenter.describe()
+        # Otherwise self.segmenter is self.predictor.
         return {
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "tiny_random_model": self.loaded.tiny,
             "embedding_cache": self.embeddings.describe(),
-            "text_cache": self.predictor.texts.describe(),
+            "text_cache": self.segmenter.texts.describe(),
         }

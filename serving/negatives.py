@@ -21,4 +21,4 @@ def suppressed(wanted: list[dict], excluded: list[dict], *, iou: float, containm
         return np.zeros(len(wanted), dtype=bool)
     plain = np.asarray(coco_mask.iou(wanted, excluded, [0] * len(excluded))).reshape(len(wanted), len(excluded))
     inside = np.asarray(coco_mask.iou(wanted, excluded, [1] * len(excluded))).reshape(len(wanted), len(excluded))
-    return ((plain >= iou) | (inside >= containment)).any(axis=1)
+    return np.asarray(((plain >= iou) | (inside >= containment)).any(axis=1))  # numpy's types allow a scalar

@@ -178,7 +178,7 @@ class Sam3Predictor:
             for i, item in enumerate(items)
             for slot, (text, excluded) in enumerate(item.queries())
         ]
-        results: list[list[RawDetections | None]] = [[None] * len(item.queries()) for item in items]
+        results: dict[tuple[int, int], RawDetections] = {}  # (item, slot): every slot is filled below
         for idx in group_indices(queries, lambda q: len(q.boxes)):
             group = [queries[k] for k in idx]
             has_boxes = bool(group[0].boxes)
@@ -210,14 +210,14 @@ class Sam3Predictor:
             for row, q in enumerate(group):
                 item = items[q.item]
                 keep = scores[row] > item.threshold
-                results[q.item][q.slot] = RawDetections.of(
+                results[q.item, q.slot] = RawDetections.of(
                     logits[row][keep],
                     out.pred_boxes[row][keep],
                     out.pred_masks[row][keep],
                     presence[row],
                     item.mask_threshold,
                 )
-        return results  # type: ignore[return-value]
+        return [[results[i, slot] for slot in range(len(item.queries()))] for i, item in enumerate(items)]
 
     @torch.inference_mode()
     def embed(self, images: Sequence[ModelImage]) -> list[ImageEmbedding]:
@@ -234,7 +234,7 @@ class Sam3Predictor:
         prompt on the same image); encoded here when not given."""
         if embeddings is None:
             embeddings = self.embed([it.image for it in items])
-        results: list[RawPointMasks | None] = [None] * len(items)
+        results: dict[int, RawPointMasks] = {}  # every item is filled below
 
         def same_shape(it: PointsItem) -> tuple[int, bool, bool]:
             return len(it.points), it.box is not None, it.multimask
@@ -261,4 +261,4 @@ class Sam3Predictor:
                     masks=support_windows(masks[row, 0], items[i].mask_logit_threshold, probabilities=False),
                     scores=scores[row, 0].cpu().numpy(),
                 )
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(items))]

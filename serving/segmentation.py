@@ -51,8 +51,8 @@ class SegmentJob:
         ]
         if self.composite is not None:
             return reference.on_target(found[0], self.composite)
-        if len(self.windows) > 1:
-            return tiling.merge_tiles(found, self.windows, self.params.tiling.merge_iou)  # type: ignore[union-attr]
+        if self.params.tiling is not None and len(self.windows) > 1:  # several windows only when tiling
+            return tiling.merge_tiles(found, self.windows, self.params.tiling.merge_iou)
         return found[0]
 
 
@@ -78,16 +78,18 @@ def plan_segment(
         boxes += composite.boxes
         image = composite.image
         height, width = image.shape[:2]
-    windows = tiling.plan(width, height, params.tiling) if params.tiling else [tiling.Window(0, 0, width, height)]
-    if len(windows) > limits.max_tiles:
-        raise ServiceError(
-            422,
-            "too_many_tiles",
-            f"{width}x{height} in tiles of {params.tiling.tile_size} "  # type: ignore[union-attr]
-            f"with overlap {params.tiling.overlap} makes {len(windows)} tiles; "  # type: ignore[union-attr]
-            f"the limit is {limits.max_tiles}",
-            "tiling",
-        )
+    windows = [tiling.Window(0, 0, width, height)]
+    if params.tiling:
+        windows = tiling.plan(width, height, params.tiling)
+        if len(windows) > limits.max_tiles:  # one window is always within the limit (max_tiles > 0)
+            raise ServiceError(
+                422,
+                "too_many_tiles",
+                f"{width}x{height} in tiles of {params.tiling.tile_size} "
+                f"with overlap {params.tiling.overlap} makes {len(windows)} tiles; "
+                f"the limit is {limits.max_tiles}",
+                "tiling",
+            )
     items = [
         SegmentItem(
             image=prepare(window.crop(image)),

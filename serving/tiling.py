@@ -140,7 +140,7 @@ def _same_object(a: _Piece, b: _Piece, merge_iou: float) -> bool:
         return False
     in_a, in_b = _paste(a, region), _paste(b, region)
     union = np.count_nonzero(in_a | in_b)
-    return union > 0 and np.count_nonzero(in_a & in_b) / union >= merge_iou
+    return bool(union > 0 and np.count_nonzero(in_a & in_b) / union >= merge_iou)
 
 
 def _assembled(group: list[_Piece]) -> Found:

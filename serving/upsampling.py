@@ -177,8 +177,8 @@ def upsample_window(
     rows_in, cols_in = window.values.shape
     if rows_in == 0 or cols_in == 0:
         return np.zeros((0, 0), dtype=bool), (0, 0)
-    values = window.values.float()
-    values = (_sigmoid(values) if probabilities else values).numpy()
+    logits = window.values.float()
+    values = (_sigmoid(logits) if probabilities else logits).numpy()
     rows = _span(_cached_axis(lowres_size[0], size[0]), window.top, rows_in)
     cols = _span(_cached_axis(lowres_size[1], size[1]), window.left, cols_in)
     if rows is None or cols is None:
