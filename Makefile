@@ -1,4 +1,4 @@
-# samfleet developer entry points.  `make demo` and `make test` each set up everything first.
+# samfleet developer entry points.  `make demo`, `make lint` and `make test` each set up everything first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torchvision (needed by transformers' SAM3 image processor) exists on this project's package
@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve test clean chromium
+.PHONY: install demo serve lint test clean chromium
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ demo: install
 serve: install
 	$(VENV)/bin/samfleet serve
 
+# What is checked, and how, is configured in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: install
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/ruff check
+	$(PY) -m mypy
+
 test: install $(MONGOD) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -36,4 +42,4 @@ $(MONGOD): .ci/fetch-mongod
 	bash .ci/fetch-mongod $(abspath $(dir $@)/..)
 
 clean:
-	rm -rf $(VENV) .cache out .pytest_cache
+	rm -rf $(VENV) .cache out .pytest_cache .mypy_cache .ruff_cache
