@@ -143,4 +143,4 @@ def assert_same_windows(got, expected):
     assert [(w.top, w.left, tuple(w.values.shape)) for w in got] == \
         [(w.top, w.left, tuple(w.values.shape)) for w in expected]
     for a, b in zip(got, expected):
-        np.testing.assert_allclose(a.values.float().numpy(), b.values.float().numpy(), atol=1e-4)
+        np.testing.assert_allclose(a.logits().numpy(), b.logits().numpy(), atol=1e-4)
