@@ -32,17 +32,20 @@ def model_or_tiny(model: str | None) -> str:
 
 
 @contextlib.contextmanager
-def running_service(model: str, replicas: int | None = None, **args) -> Iterator[str]:
+def running_service(model: str, replicas: int | None = None, *, ingress_replicas: int | None = None,
+                    **args) -> Iterator[str]:
     """URL of samfleet serving `model` with the packaged Serve config on a free port; `replicas`
-    fixes the number of SAM3 replicas instead of autoscaling, `args` override application args."""
+    (`ingress_replicas`) fixes the number of SAM3 (ingress) replicas instead of autoscaling,
+    `args` override application args."""
     from serving import runner
 
     settings = runner.load_settings(model=model, port=free_port())
     settings.args.update(args)
-    if replicas:
-        options = settings.deployment_options[runner.MODEL_DEPLOYMENT]
-        options.pop("autoscaling_config")
-        options["num_replicas"] = replicas
+    for deployment, count in ((runner.MODEL_DEPLOYMENT, replicas), ("Ingress", ingress_replicas)):
+        if count:
+            options = settings.deployment_options[deployment]
+            options.pop("autoscaling_config")
+            options["num_replicas"] = count
     runner.start(settings)
     try:
         yield settings.url

@@ -20,7 +20,7 @@ from sdk.masks import encode_mask
 from sdk.schema import Instance, MaskFormat, SegmentResponse
 from serving import negatives
 from serving.predictor import RawDetections, RawPointMasks
-from serving.upsampling import upsample_window
+from serving.upsampling import upsample_windows
 
 
 @dataclass
@@ -86,11 +86,11 @@ def _detections(
     (result,) = processor.image_processor.post_process_object_detection(
         outputs, threshold=-math.inf, target_sizes=[(height, width)]
     )
-    found = []
-    for score, box, window in zip(result["scores"].tolist(), result["boxes"].tolist(), raw.masks, strict=True):
-        mask, origin = upsample_window(window, raw.mask_size, (height, width), mask_threshold, probabilities=True)
-        found.append(Found(score, _clip_box(box, width, height), mask, label, (height, width), origin))
-    return found
+    masks = upsample_windows(raw.masks, raw.mask_size, (height, width), mask_threshold, probabilities=True)
+    return [
+        Found(score, _clip_box(box, width, height), mask, label, (height, width), origin)
+        for score, box, (mask, origin) in zip(result["scores"].tolist(), result["boxes"].tolist(), masks, strict=True)
+    ]
 
 
 def segment_response(
@@ -109,10 +109,8 @@ def point_masks_response(
 ) -> SegmentResponse:
     """As the tracker's `post_process_masks` thresholds the upsampled logits, crop by crop."""
     instances = []
-    for window, score in zip(raw.masks, raw.scores, strict=True):
-        mask, origin = upsample_window(
-            window, raw.mask_size, (height, width), logit(mask_threshold), probabilities=False
-        )
+    masks = upsample_windows(raw.masks, raw.mask_size, (height, width), logit(mask_threshold), probabilities=False)
+    for (mask, origin), score in zip(masks, raw.scores, strict=True):
         instances.append(
             Instance.model_construct(
                 mask=encode_mask(mask, mask_format, origin=origin, size=(height, width)),

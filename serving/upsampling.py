@@ -10,8 +10,8 @@ pixel, so an output pixel can only pass the threshold when one of those four doe
 - on the GPU replica, `support_windows` cuts each mask down to the low-res window around the
   values near or above the threshold, plus one low-res pixel on every side (the neighbours the
   interpolation reads): that window is all that travels to the ingress;
-- on the ingress, `upsample_window` computes the full-resolution pixels whose 2x2 sources lie in
-  the window, and nothing else.  Every other pixel of the photo is provably background.
+- on the ingress, `upsample_windows` computes the full-resolution pixels whose 2x2 sources lie in
+  each window, and nothing else.  Every other pixel of the photo is provably background.
 
 The values are torch's own, bit for bit: the source indices and weights of its CPU bilinear
 kernel, combined in the same order with the same fused multiply-adds (`_ARITHMETIC`, detected
@@ -166,29 +166,44 @@ def _cached_axis(n_in: int, n_out: int) -> _Axis:
     return _axis(n_in, n_out, _ARITHMETIC)
 
 
-def _sigmoid(values: torch.Tensor) -> torch.Tensor:
-    """torch.sigmoid as a whole (h, w) mask gets it.  torch's vectorised sigmoid and its scalar
-    loop for a tensor's last few elements differ in the last bit; transformers applies it to whole
-    masks, whose sizes fill every vector, so the window is padded to whole vectors per thread."""
-    flat = values.reshape(-1)
-    block = 64 * torch.get_num_threads()
-    padded = torch.zeros(-(-flat.numel() // block) * block, dtype=torch.float32)
-    padded[: flat.numel()] = flat
-    return torch.sigmoid(padded)[: flat.numel()].reshape(values.shape)
+def _sigmoid(windows: list[torch.Tensor]) -> list[np.ndarray]:
+    """torch.sigmoid of each window as a whole (h, w) mask gets it, in one call.  torch's
+    vectorised sigmoid and its scalar loop for a tensor's last few elements differ in the last
+    bit; transformers applies it to whole masks, whose sizes fill every vector, so each window
+    starts on a whole vector of one flat buffer, and the buffer splits evenly between threads."""
+    lane = 64
+    starts = np.concatenate(([0], np.cumsum([-(-w.numel() // lane) * lane for w in windows])))
+    block = lane * torch.get_num_threads()
+    flat = torch.zeros(-(-int(starts[-1]) // block) * block, dtype=torch.float32)
+    for start, window in zip(starts[:-1], windows, strict=True):  # starts[-1]: the end of the last
+        flat[start : start + window.numel()] = window.reshape(-1)
+    probabilities = torch.sigmoid(flat).numpy()
+    return [
+        probabilities[start : start + w.numel()].reshape(w.shape) for start, w in zip(starts[:-1], windows, strict=True)
+    ]
 
 
-def upsample_window(
-    window: MaskWindow, lowres_size: tuple[int, int], size: tuple[int, int], threshold: float, *, probabilities: bool
+def upsample_windows(
+    windows: list[MaskWindow],
+    lowres_size: tuple[int, int],
+    size: tuple[int, int],
+    threshold: float,
+    *,
+    probabilities: bool,
+) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """For each window, (mask, (x, y)): the thresholded full-resolution pixels of a (`lowres_size`)
+    mask upsampled to `size` (height, width) whose sources lie in the window, and where that crop
+    sits.  The values are probabilities (sigmoid of the logits) when `probabilities`."""
+    logits = [window.logits() for window in windows]
+    values = _sigmoid(logits) if probabilities else [v.numpy() for v in logits]
+    return [_upsample(v, window, lowres_size, size, threshold) for v, window in zip(values, windows, strict=True)]
+
+
+def _upsample(
+    values: np.ndarray, window: MaskWindow, lowres_size: tuple[int, int], size: tuple[int, int], threshold: float
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """(mask, (x, y)): the thresholded full-resolution pixels of a (`lowres_size`) mask upsampled
-    to `size` (height, width) whose sources lie in `window`, and where that crop sits."""
-    rows_in, cols_in = window.values.shape
-    if rows_in == 0 or cols_in == 0:
-        return np.zeros((0, 0), dtype=bool), (0, 0)
-    logits = window.logits()
-    values = (_sigmoid(logits) if probabilities else logits).numpy()
-    rows = _span(_cached_axis(lowres_size[0], size[0]), window.top, rows_in)
-    cols = _span(_cached_axis(lowres_size[1], size[1]), window.left, cols_in)
+    rows = _span(_cached_axis(lowres_size[0], size[0]), window.top, values.shape[0])
+    cols = _span(_cached_axis(lowres_size[1], size[1]), window.left, values.shape[1])
     if rows is None or cols is None:
         return np.zeros((0, 0), dtype=bool), (0, 0)
     (y, row_axis), (x, col_axis) = rows, cols
