@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -174,22 +175,20 @@ def read_cpu_ms(image: bytes, params: dict) -> float:
     return (time.thread_time() - started) * 1000 / 5
 
 
-def transfer_cpu_ms(image: bytes, params: dict, model: str, instances: int) -> tuple[float, float]:
+def transfer_cpu_ms(image: bytes, params: dict, model: str) -> tuple[float, float]:
     """(CPU ms, MB) of pickling the request's model input and its output and back, as Ray's
     handle call does (protocol 5, buffers out of band), for one request of this kind."""
-    from serving.config import ServiceConfig as Config
+    from sdk.schema import SegmentParams
+    from serving.images import decode_image
     from serving.model_loader import load_processors
-    from serving.output_double import SegmentOutputDouble, is_output_double
     from serving.predictor import model_image
     from serving.segmentation import plan_segment
-    from serving.images import decode_image
-    from sdk.schema import SegmentParams
 
     processor, _ = load_processors(model)
-    limits = Config().limits
+    limits = ServiceConfig().limits
     job = plan_segment(decode_image(image, limits), SegmentParams.model_validate(params), limits,
                        lambda pixels: model_image(pixels, processor))
-    outputs = SegmentOutputDouble(model).segment(job.items) if is_output_double(model) else None
+    outputs = segmenter(model).segment(job.items)
     started = time.thread_time()
     for _ in range(5):
         for thing in (job.items, outputs):
@@ -200,16 +199,26 @@ def transfer_cpu_ms(image: bytes, params: dict, model: str, instances: int) -> t
     return cpu_ms, size / 2**20
 
 
+@functools.cache
+def segmenter(model: str):
+    """What the SAM3 replica runs for `model`, in this process: the double or the predictor."""
+    from serving.model_loader import load_sam3
+    from serving.output_double import SegmentOutputDouble, is_output_double
+    from serving.predictor import Sam3Predictor
+
+    if is_output_double(model):
+        return SegmentOutputDouble(model)
+    config = ServiceConfig(model=model)
+    return Sam3Predictor(load_sam3(config), config.text_cache_entries)
+
+
 def in_process_ceiling(model: str, image: bytes, params: dict, batch_size: int) -> float:
     """Images/s of the model's own batched forward passes in this process (real models only)."""
     from serving.images import decode_image
-    from serving.model_loader import load_sam3
-    from serving.predictor import Sam3Predictor, SegmentItem, model_image
+    from serving.predictor import SegmentItem, model_image
 
-    config = ServiceConfig(model=model)
-    loaded = load_sam3(config)
-    predictor = Sam3Predictor(loaded, config.text_cache_entries)
-    prepared = model_image(decode_image(image, config.limits), loaded.processor)
+    predictor = segmenter(model)
+    prepared = model_image(decode_image(image, ServiceConfig().limits), predictor.m.processor)
     items = [SegmentItem(prepared, [params["prompt"]], threshold=params["threshold"])] * batch_size
     predictor.segment(items)
     started, passes = time.perf_counter(), 0
@@ -225,7 +234,8 @@ def main() -> None:
     parser.add_argument("--forward-ms", type=float, default=30.0, help="the double's time per forward pass")
     parser.add_argument("--instances", type=int, nargs="+", default=[0, 10, 50, 100, 200],
                         help="instances per image (the double only)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score threshold (real models)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5],
+                        help="score thresholds (real models: the instance count follows from them)")
     parser.add_argument("--megapixels", type=int, nargs="+", default=[1, 12], choices=sorted(PHOTO_SIZES))
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=96, help="measured requests per case")
@@ -240,16 +250,17 @@ def main() -> None:
     model = str(build_output_double(tempfile.mkdtemp(), args.forward_ms)) if double else model_or_tiny(
         None if args.model == "tiny" else args.model)
     photos = {mp: photo(mp) for mp in args.megapixels}
-    cases = [(mp, n) for mp in args.megapixels for n in (args.instances if double else [None])]
+    # A case is (megapixels, instances) for the double, (megapixels, score threshold) for a model.
+    cases = [(mp, n) for mp in args.megapixels for n in (args.instances if double else args.thresholds)]
 
-    def params_of(n: int | None) -> dict:
-        return {"prompt": f"{n} things"} if double else {"prompt": "thing", "threshold": args.threshold}
+    def params_of(n: float) -> dict:
+        return {"prompt": f"{n} things"} if double else {"prompt": "thing", "threshold": n}
 
     ceilings = {mp: batching.max_batch_size / (args.forward_ms / 1000) if double else
-                in_process_ceiling(model, photos[mp], params_of(None), batching.max_batch_size)
+                in_process_ceiling(model, photos[mp], params_of(args.thresholds[0]), batching.max_batch_size)
                 for mp in args.megapixels}
     offline = {(mp, n): (read_cpu_ms(photos[mp], params_of(n)),
-                         *transfer_cpu_ms(photos[mp], params_of(n), model, n or 0)) for mp, n in cases}
+                         *transfer_cpu_ms(photos[mp], params_of(n), model)) for mp, n in cases}
     runs = {}
     with running_service(model, replicas=1, ingress_replicas=args.ingress_replicas,
                          batching=batching.model_dump()) as url:
@@ -267,15 +278,15 @@ def main() -> None:
     print(f"photos: " + ", ".join(f"{mp} MP = {Image.open(io.BytesIO(b)).size[0]}x{Image.open(io.BytesIO(b)).size[1]}"
                                   f" JPEG {len(b) / 2**20:.1f} MB" for mp, b in photos.items()))
     print(f"idle RSS: ingress {idle['ingress']:.0f} MB, SAM3 replica {idle['model']:.0f} MB\n")
-    print(f"{'MP':>3}{'N':>5}{'img/s':>8}{'ceiling':>9}{'ratio':>7}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
+    print(f"{'MP':>3}{'N' if double else 'thr':>5}{'mean N' if not double else '':>7}{'img/s':>8}{'ceiling':>9}{'ratio':>7}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
           f"{'ingress MB':>11}{'model MB':>9}{'err':>5}  " + "".join(f"{s:>12}" for s in STAGES)
           + f"{'model wall':>11}{'cores/GPU':>10}")
     for (mp, n), (run, peaks) in runs.items():
         read_ms, transfer_ms, transfer_mb = offline[mp, n]
         cpu = {"read": read_ms, "transfer": transfer_ms, **{s: run.stage_ms(s) for s in STAGES[1:] if s != "transfer"}}
         cores = sum(cpu.values()) * ceilings[mp] / 1000
-        shown_n = n if n is not None else f"~{np.mean(run.instances):.0f}" if run.instances else "?"
-        print(f"{mp:>3}{shown_n:>5}{run.images_per_s:8.1f}{ceilings[mp]:9.1f}{run.images_per_s / ceilings[mp]:7.2f}"
+        mean_n = f"{np.mean(run.instances):.1f}" if not double and run.instances else ""
+        print(f"{mp:>3}{n:>5}{mean_n:>7}{run.images_per_s:8.1f}{ceilings[mp]:9.1f}{run.images_per_s / ceilings[mp]:7.2f}"
               f"{run.ms(50):8.0f}{run.ms(95):8.0f}{run.ms(99):8.0f}{peaks['ingress']:11.0f}{peaks['model']:9.0f}"
               f"{run.errors:5d}  " + "".join(f"{cpu[s]:12.1f}" for s in STAGES)
               + f"{run.stage_ms('model'):11.1f}{cores:10.1f}")
