@@ -12,12 +12,11 @@ import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from transformers import Sam3Processor
 
-from sdk.masks import encode_mask
-from sdk.schema import Instance, MaskFormat, SegmentResponse
+from sdk.masks import RunMask
+from sdk.schema import Instance, Mask, MaskFormat, RleMask, SegmentResponse
 from serving import negatives
 from serving.predictor import RawDetections, RawPointMasks
 from serving.upsampling import upsample_windows
@@ -25,26 +24,26 @@ from serving.upsampling import upsample_windows
 
 @dataclass
 class Found:
-    """One instance before encoding: its mask is the crop `mask` at `origin` (x, y) of an image of
-    `size` (height, width), background elsewhere."""
+    """One instance before encoding; its mask is kept as runs (sdk.masks.RunMask), never as an
+    image-sized array."""
 
     score: float
     box: tuple[float, float, float, float]  # xyxy pixels of the whole image
-    mask: np.ndarray  # bool
+    mask: RunMask
     label: str
-    size: tuple[int, int]
-    origin: tuple[int, int] = (0, 0)
-    _encoded: dict[MaskFormat, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _encoded: dict[MaskFormat, Mask] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def encoded(self, mask_format: MaskFormat):
-        """The wire mask, computed from the crop once per format."""
+    def encoded(self, mask_format: MaskFormat) -> Mask:
+        """The wire mask, computed once per format."""
         if mask_format not in self._encoded:
-            self._encoded[mask_format] = encode_mask(self.mask, mask_format, origin=self.origin, size=self.size)
+            self._encoded[mask_format] = self.mask.encode(mask_format)
         return self._encoded[mask_format]
 
     def rle(self) -> dict:
         """pycocotools' RLE dict, for mask overlaps."""
-        return {"size": list(self.size), "counts": self.encoded("rle").counts.encode("ascii")}
+        rle = self.encoded("rle")
+        assert isinstance(rle, RleMask)
+        return {"size": list(rle.size), "counts": rle.counts.encode("ascii")}
 
 
 def found_instances(
@@ -88,8 +87,8 @@ def _detections(
     )
     masks = upsample_windows(raw.masks, raw.mask_size, (height, width), mask_threshold, probabilities=True)
     return [
-        Found(score, _clip_box(box, width, height), mask, label, (height, width), origin)
-        for score, box, (mask, origin) in zip(result["scores"].tolist(), result["boxes"].tolist(), masks, strict=True)
+        Found(score, _clip_box(box, width, height), mask, label)
+        for score, box, mask in zip(result["scores"].tolist(), result["boxes"].tolist(), masks, strict=True)
     ]
 
 
@@ -108,17 +107,11 @@ def point_masks_response(
     raw: RawPointMasks, *, height: int, width: int, mask_threshold: float, mask_format: MaskFormat, model: str
 ) -> SegmentResponse:
     """As the tracker's `post_process_masks` thresholds the upsampled logits, crop by crop."""
-    instances = []
     masks = upsample_windows(raw.masks, raw.mask_size, (height, width), logit(mask_threshold), probabilities=False)
-    for (mask, origin), score in zip(masks, raw.scores, strict=True):
-        instances.append(
-            Instance.model_construct(
-                mask=encode_mask(mask, mask_format, origin=origin, size=(height, width)),
-                box=mask_box(mask, origin),
-                score=float(score),
-                label="object",
-            )
-        )
+    instances = [
+        Instance.model_construct(mask=mask.encode(mask_format), box=run_box(mask), score=float(score), label="object")
+        for mask, score in zip(masks, raw.scores, strict=True)
+    ]
     return SegmentResponse.model_construct(width=width, height=height, instances=instances, model=model)
 
 
@@ -136,10 +129,7 @@ def _clip_box(box: list[float], width: int, height: int) -> tuple[float, float, 
     return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
 
 
-def mask_box(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> tuple[float, float, float, float]:
-    """xyxy of a (crop) mask's pixels in the whole image; zeros when it has none."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if len(cols) == 0:
-        return (0.0, 0.0, 0.0, 0.0)
-    x, y = origin
-    return (float(x + cols[0]), float(y + rows[0]), float(x + cols[-1] + 1), float(y + rows[-1] + 1))
+def run_box(mask: RunMask) -> tuple[float, float, float, float]:
+    """xyxy of a mask's pixels; zeros when it has none."""
+    box = mask.box()
+    return (0.0, 0.0, 0.0, 0.0) if box is None else (float(box[0]), float(box[1]), float(box[2]), float(box[3]))

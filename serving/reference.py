@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from sdk.masks import RunMask
 from serving.postprocess import Found
 
 STRIP_FRACTION = 0.25  # at most this share of the target's width is given to the reference strip
@@ -65,13 +66,15 @@ def on_target(found: list[Found], composite: Composite) -> list[Found]:
     """Instances found on the composite, cut to the target; those mostly on the strip dropped."""
     kept = []
     width = composite.target_width
+    size = (composite.target_height, width)
     for f in found:
-        mask = f.mask[:, : max(width - f.origin[0], 0)]  # the crop's columns left of the strip
-        total = np.count_nonzero(f.mask)
-        if total and np.count_nonzero(mask) / total < KEEP_INSIDE:
+        crop, origin = f.mask.crop()
+        on_it = crop[:, : max(width - origin[0], 0)]  # the columns left of the strip
+        total = np.count_nonzero(crop)
+        if total and np.count_nonzero(on_it) / total < KEEP_INSIDE:
             continue
         x1, y1, x2, y2 = f.box
         kept.append(
-            replace(f, mask=mask, size=(composite.target_height, width), box=(min(x1, width), y1, min(x2, width), y2))
+            replace(f, mask=RunMask.from_crop(on_it, origin, size), box=(min(x1, width), y1, min(x2, width), y2))
         )
     return kept

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
+from sdk.masks import RunMask
 from sdk.schema import Tiling
 from serving.postprocess import Found
 
@@ -74,34 +75,32 @@ def _starts(length: int, tiling: Tiling) -> list[int]:
 
 @dataclass
 class _Piece:
-    """An instance found in one window, its mask cropped to its own extent."""
+    """An instance found in one window, its mask a raster of its own extent at `origin` (x, y) of
+    the whole image; `found` holds its score, label and box (whole-image coordinates)."""
 
     found: Found
+    mask: np.ndarray  # bool
+    origin: tuple[int, int]
     window: Window
     fine: bool  # from a tile, not from the whole-image pass
 
     @property
     def extent(self) -> Window:
-        x, y = self.found.origin
-        h, w = self.found.mask.shape
+        x, y = self.origin
+        h, w = self.mask.shape
         return Window(x, y, x + w, y + h)
 
+    def whole(self, size: tuple[int, int]) -> Found:
+        """The piece as an instance of the whole image of `size` (height, width)."""
+        return replace(self.found, mask=RunMask.from_crop(self.mask, self.origin, size))
 
-def _piece(found: Found, window: Window, whole: Window, fine: bool) -> _Piece:
-    """`found` (a crop in `window`'s coordinates) as a crop of the whole image, trimmed to its pixels."""
-    ys, xs = np.nonzero(found.mask)
-    y0, y1 = (int(ys.min()), int(ys.max()) + 1) if len(ys) else (0, 0)
-    x0, x1 = (int(xs.min()), int(xs.max()) + 1) if len(xs) else (0, 0)
-    x, y = found.origin
-    x1b, y1b, x2b, y2b = found.box
-    shifted = replace(
-        found,
-        mask=found.mask[y0:y1, x0:x1],
-        origin=(window.x0 + x + x0, window.y0 + y + y0),
-        box=(x1b + window.x0, y1b + window.y0, x2b + window.x0, y2b + window.y0),
-        size=whole.size,
-    )
-    return _Piece(shifted, window, fine)
+
+def _piece(found: Found, window: Window, fine: bool) -> _Piece:
+    """`found` (in `window`'s coordinates) in the whole image's coordinates."""
+    mask, (x, y) = found.mask.crop()
+    x1, y1, x2, y2 = found.box
+    shifted = replace(found, box=(x1 + window.x0, y1 + window.y0, x2 + window.x0, y2 + window.y0))
+    return _Piece(shifted, mask, (window.x0 + x, window.y0 + y), window, fine)
 
 
 def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merge_iou: float) -> list[Found]:
@@ -109,7 +108,7 @@ def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merg
     coordinates), parts of one object joined."""
     whole = Window(0, 0, max(w.x1 for w in windows), max(w.y1 for w in windows))
     pieces = [
-        _piece(f, w, whole, fine=w != whole or len(windows) == 1)
+        _piece(f, w, fine=w != whole or len(windows) == 1)
         for fs, w in zip(found_per_window, windows, strict=True)
         for f in fs
     ]
@@ -127,7 +126,7 @@ def merge_tiles(found_per_window: list[list[Found]], windows: list[Window], merg
     groups: dict[int, list[_Piece]] = {}
     for piece, group in zip(pieces, group_of, strict=True):
         groups.setdefault(int(group), []).append(piece)
-    return [_assembled(group) for group in groups.values()]
+    return [_assembled(group, whole.size) for group in groups.values()]
 
 
 def _same_object(a: _Piece, b: _Piece, merge_iou: float) -> bool:
@@ -143,9 +142,9 @@ def _same_object(a: _Piece, b: _Piece, merge_iou: float) -> bool:
     return bool(union > 0 and np.count_nonzero(in_a & in_b) / union >= merge_iou)
 
 
-def _assembled(group: list[_Piece]) -> Found:
+def _assembled(group: list[_Piece], size: tuple[int, int]) -> Found:
     if len(group) == 1:
-        return group[0].found
+        return group[0].whole(size)
     # Tiles' full-resolution masks where a tile saw the object; the whole-image pass's
     # upsampled mask only outside every such tile.
     extent = _bounding(*(p.extent for p in group))
@@ -160,22 +159,11 @@ def _assembled(group: list[_Piece]) -> Found:
             mask[seen.y0 - extent.y0 : seen.y1 - extent.y0, seen.x0 - extent.x0 : seen.x1 - extent.x0] = False
     for p in fine:
         mask |= _paste(p, extent)
-    # The parts' model boxes each end at their tile's border; the joined object's box is its mask's.
-    ys, xs = np.nonzero(mask)
     best = max(group, key=lambda p: p.found.score)
-    return Found(
-        score=best.found.score,
-        box=(
-            float(extent.x0 + xs.min()),
-            float(extent.y0 + ys.min()),
-            float(extent.x0 + xs.max() + 1),
-            float(extent.y0 + ys.max() + 1),
-        ),
-        mask=mask,
-        label=best.found.label,
-        size=best.found.size,
-        origin=(extent.x0, extent.y0),
-    )
+    joined = _Piece(best.found, mask, (extent.x0, extent.y0), extent, fine=True).whole(size)
+    # The parts' model boxes each end at their tile's border; the joined object's box is its mask's.
+    x0, y0, x1, y1 = joined.mask.box() or (0, 0, 0, 0)
+    return replace(joined, box=(float(x0), float(y0), float(x1), float(y1)))
 
 
 def _bounding(*windows: Window) -> Window:
@@ -189,8 +177,8 @@ def _paste(piece: _Piece, region: Window) -> np.ndarray:
     out = np.zeros(region.size, dtype=bool)
     overlap = piece.extent.intersect(region)
     if overlap is not None:
-        x, y = piece.found.origin
+        x, y = piece.origin
         out[overlap.y0 - region.y0 : overlap.y1 - region.y0, overlap.x0 - region.x0 : overlap.x1 - region.x0] = (
-            piece.found.mask[overlap.y0 - y : overlap.y1 - y, overlap.x0 - x : overlap.x1 - x]
+            piece.mask[overlap.y0 - y : overlap.y1 - y, overlap.x0 - x : overlap.x1 - x]
         )
     return out

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdk.masks import RunMask
+
 # A low-res value this close below the threshold still counts as support: the replica's sigmoid
 # (on a GPU, in another precision path) and the ingress's may differ in the last bits.
 SUPPORT_MARGIN = 1e-4
@@ -121,13 +123,14 @@ def _axis(n_in: int, n_out: int, arithmetic: _Arithmetic) -> _Axis:
 
 def _interpolate(values: np.ndarray, rows: _Axis, cols: _Axis, arithmetic: _Arithmetic) -> np.ndarray:
     """`values` at the output positions `rows` x `cols` (indices into `values`), as torch's kernel
-    does it: along the width first, then those rows along the height."""
+    does it: along the width first, then those rows along the height.  Laid out column-major (a
+    C-order array of the transpose): the order the masks' runs are read in."""
     along_width = arithmetic.combine(
-        values[:, cols.first], cols.weight_first, values[:, cols.second], cols.weight_second
-    )
+        values.T[cols.first], cols.weight_first[:, None], values.T[cols.second], cols.weight_second[:, None]
+    )  # (columns, window rows)
     return arithmetic.combine(
-        along_width[rows.first], rows.weight_first[:, None], along_width[rows.second], rows.weight_second[:, None]
-    )
+        along_width[:, rows.first], rows.weight_first, along_width[:, rows.second], rows.weight_second
+    ).T
 
 
 def _detect_arithmetic() -> tuple[_Arithmetic, bool]:
@@ -190,10 +193,10 @@ def upsample_windows(
     threshold: float,
     *,
     probabilities: bool,
-) -> list[tuple[np.ndarray, tuple[int, int]]]:
-    """For each window, (mask, (x, y)): the thresholded full-resolution pixels of a (`lowres_size`)
-    mask upsampled to `size` (height, width) whose sources lie in the window, and where that crop
-    sits.  The values are probabilities (sigmoid of the logits) when `probabilities`."""
+) -> list[RunMask]:
+    """For each window, the full-resolution mask of a (`lowres_size`) mask upsampled to `size`
+    (height, width) and thresholded, from the window alone.  The values are probabilities (sigmoid
+    of the logits) when `probabilities`."""
     logits = [window.logits() for window in windows]
     values = _sigmoid(logits) if probabilities else [v.numpy() for v in logits]
     return [_upsample(v, window, lowres_size, size, threshold) for v, window in zip(values, windows, strict=True)]
@@ -201,13 +204,157 @@ def upsample_windows(
 
 def _upsample(
     values: np.ndarray, window: MaskWindow, lowres_size: tuple[int, int], size: tuple[int, int], threshold: float
-) -> tuple[np.ndarray, tuple[int, int]]:
-    rows = _span(_cached_axis(lowres_size[0], size[0]), window.top, values.shape[0])
-    cols = _span(_cached_axis(lowres_size[1], size[1]), window.left, values.shape[1])
+) -> RunMask:
+    """The thresholded upsampled mask as runs, computed per column and per band of output rows
+    that read the same two low-res rows, not per pixel.
+
+    torch interpolates along the width first (`along`: exact, and only the window's rows wide),
+    then along the height: an output pixel of the band between low-res rows k and k+1 is
+    fma(along[k], 1 - w, along[k+1] * w) with w growing down the band.  In exact arithmetic that
+    is monotone in w, so in each column the band's foreground is a run from its top or to its
+    bottom, split where the line crosses the threshold.  Float rounding matters only within
+    `margin` of the threshold: those few pixels (the object's outline) are computed exactly as
+    torch does and place the split.  Should rounding ever make one band of one column
+    non-monotone there, the window is computed pixel by pixel instead.
+    """
+    height, width = size
+    rows = _span(_cached_axis(lowres_size[0], height), window.top, values.shape[0])
+    cols = _span(_cached_axis(lowres_size[1], width), window.left, values.shape[1])
     if rows is None or cols is None:
-        return np.zeros((0, 0), dtype=bool), (0, 0)
+        return RunMask.of_runs(size, _NO_RUNS, _NO_RUNS)
     (y, row_axis), (x, col_axis) = rows, cols
-    return _interpolate(values, row_axis, col_axis, _ARITHMETIC) > np.float32(threshold), (x, y)
+    if threshold == -math.inf:  # every pixel passes (a mask probability threshold of 0 on logits)
+        return RunMask.from_crop(np.ones((len(row_axis.first), len(col_axis.first)), bool), (x, y), size)
+    bands = int(row_axis.first[-1] - row_axis.first[0]) + 1  # at most; exactly when upsampling
+    pixels, band_cells = len(row_axis.first) * len(col_axis.first), bands * len(col_axis.first)
+    if PIXEL_NS * pixels < BAND_CELL_NS * band_cells + BANDS_FIXED_NS:
+        return _raster(values, row_axis, col_axis, (x, y), size, threshold)
+    band_starts = np.flatnonzero(np.diff(row_axis.first, prepend=-1))
+    by_bands = _by_bands(values, row_axis, col_axis, band_starts, (x, y), size, threshold)
+    return by_bands if by_bands is not None else _raster(values, row_axis, col_axis, (x, y), size, threshold)
+
+
+def _by_bands(
+    values: np.ndarray,
+    row_axis: _Axis,
+    col_axis: _Axis,
+    band_starts: np.ndarray,
+    origin: tuple[int, int],
+    size: tuple[int, int],
+    threshold: float,
+) -> RunMask | None:
+    """The window's mask from one split per (column, band); None where rounding makes a band of a
+    column non-monotone, for the caller to compute pixel by pixel."""
+    t = np.float32(threshold)
+    # Rounding moves torch's value by ~1e-7 of the magnitudes involved: far less than this.
+    margin = np.float32(1e-5 * max(1.0, abs(threshold), float(np.abs(values).max(initial=0.0))))
+    band_lengths = np.diff(np.append(band_starts, len(row_axis.first)))
+    upper, lower = row_axis.first[band_starts], row_axis.second[band_starts]
+    # A (column, band) cell whose four low-res corners are all clearly above (below) the threshold
+    # is foreground (background) from top to bottom: interpolation only mixes them.  Only the
+    # cells on the object's outline need the band's split.
+    corners = np.stack([values[upper][:, :-1], values[upper][:, 1:], values[lower][:, :-1], values[lower][:, 1:]])
+    if values.shape[1] == 1:
+        corners = np.stack([values[upper], values[lower]])
+    low_corner, high_corner = corners.min(axis=0), corners.max(axis=0)  # (bands, low-res columns)
+    pair = np.minimum(col_axis.first, values.shape[1] - 2) if values.shape[1] > 1 else np.zeros_like(col_axis.first)
+    inside = (low_corner > t + margin)[:, pair].T  # (columns, bands): RLE order
+    outline = ~inside & ~(high_corner < t - margin)[:, pair].T
+    begin = np.zeros(inside.shape, dtype=np.int64)
+    end = np.where(inside, band_lengths, 0)
+    column, band = np.nonzero(outline)
+    cells = (column, band)
+    if len(column):
+        split = _splits(values, row_axis, col_axis, band_starts, band_lengths, cells, t, margin)
+        if split is None:
+            return None
+        before, after, at = split
+        begin[cells] = np.where(before, 0, at)
+        end[cells] = np.where(after, band_lengths[cells[1]], at)
+    begin, end = begin.ravel(), end.ravel()
+    keep = end > begin
+    x, y = origin
+    base = ((x + np.arange(len(col_axis.first))) * size[0])[:, None] + (y + band_starts)
+    base = base.ravel()[keep]
+    return RunMask.of_runs(size, base + begin[keep], base + end[keep])
+
+
+def _splits(
+    values: np.ndarray,
+    row_axis: _Axis,
+    col_axis: _Axis,
+    band_starts: np.ndarray,
+    band_lengths: np.ndarray,
+    cells: tuple[np.ndarray, np.ndarray],
+    t: np.float32,
+    margin: np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For the (column, band) `cells`: the state of the band's rows above its split, below it, and
+    the split (rows from the band's top); None if rounding makes a cell non-monotone."""
+    column, band = cells
+    upper, lower = row_axis.first[band_starts[band]], row_axis.second[band_starts[band]]
+    first_col, second_col = col_axis.first[column], col_axis.second[column]
+    weight_first, weight_second = col_axis.weight_first[column], col_axis.weight_second[column]
+    top = _ARITHMETIC.combine(values[upper, first_col], weight_first, values[upper, second_col], weight_second)
+    bottom = _ARITHMETIC.combine(values[lower, first_col], weight_first, values[lower, second_col], weight_second)
+    # Settled where the column's two values are clearly on one side: the band is all one state.
+    before = np.minimum(top, bottom) > t + margin
+    after = before.copy()
+    split = np.zeros(len(column), dtype=np.int64)
+    cross = np.flatnonzero(~before & (np.maximum(top, bottom) >= t - margin))
+    if not len(cross):
+        return before, after, split
+    top, bottom, band = top[cross], bottom[cross], band[cross]
+    slope = bottom - top
+    flat, near = slope == 0, np.abs(top - t) <= margin
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = (t - margin - top) / slope, (t + margin - top) / slope
+    # The band's rows with weight in [low_w, high_w] are uncertain, found with one search over all
+    # bands (band k's weights shifted to [4k, 4k + 1], its queries kept within [4k - 1, 4k + 2]).
+    low_w = np.where(flat, np.where(near, -np.inf, np.inf), np.minimum(a, b))
+    high_w = np.where(flat, np.where(near, np.inf, -np.inf), np.maximum(a, b))
+    keys = 4.0 * np.repeat(np.arange(len(band_starts)), band_lengths) + row_axis.weight_second
+    shift, start = 4.0 * band, band_starts[band]
+    first = np.searchsorted(keys, shift + np.clip(low_w, -1, 2), side="left") - start
+    last = np.maximum(np.searchsorted(keys, shift + np.clip(high_w, -1, 2), side="right") - start, first)
+    above = (slope < 0) | (flat & (top > t))  # the state of the rows above the uncertain ones
+    below = (slope > 0) | (flat & (top > t))  # and below them
+    uncertain = last - first
+    if uncertain.any():
+        # The uncertain rows, computed as torch computes them, must read `above` then `below`.
+        cell = np.repeat(np.arange(len(cross)), uncertain)
+        offset = np.arange(len(cell)) - np.repeat(np.cumsum(uncertain) - uncertain, uncertain)
+        row = start[cell] + first[cell] + offset
+        weights = row_axis.weight_first[row], row_axis.weight_second[row]
+        exact = _ARITHMETIC.combine(top[cell], weights[0], bottom[cell], weights[1]) > t
+        settled_above = np.bincount(cell, weights=exact == above[cell], minlength=len(cross)).astype(np.int64)
+        if (exact != np.where(offset < settled_above[cell], above[cell], below[cell])).any():
+            return None
+        first = first + settled_above
+    before[cross], after[cross], split[cross] = above, below, first
+    return before, after, split
+
+
+_NO_RUNS = np.zeros(0, dtype=np.int64)
+# What computing a window costs on one core (fitted over single objects of every size on 1 and
+# 12 MP photos): ~10 ns per output pixel pixel by pixel; band by band ~14 ns per (column, band)
+# and ~180 us more to start.  Bands pay off where each spans many output rows: large objects on
+# large photos (a 1000x1000 px object on a 12 MP photo: 5.6 ms pixel by pixel, 1.7 ms by bands).
+PIXEL_NS, BAND_CELL_NS, BANDS_FIXED_NS = 10, 14, 180_000
+
+
+def _raster(
+    values: np.ndarray,
+    row_axis: _Axis,
+    col_axis: _Axis,
+    origin: tuple[int, int],
+    size: tuple[int, int],
+    threshold: float,
+) -> RunMask:
+    """Every output pixel of the window computed as torch computes it."""
+    return RunMask.from_columns(
+        np.float32(threshold) < _interpolate(values, row_axis, col_axis, _ARITHMETIC).T, origin, size
+    )
 
 
 def _span(axis: _Axis, start: int, length: int) -> tuple[int, _Axis] | None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sdk.masks import encode_mask
+from sdk.masks import RunMask
 from sdk.schema import MaskFormat, TrackedInstance, VideoFrame
-from serving.postprocess import mask_box
+from serving.postprocess import run_box
 from serving.video_tracking import TrackedFrame
 
 
@@ -14,12 +14,12 @@ def frame_line(tracked: TrackedFrame, frame_count: int, mask_format: MaskFormat)
     for object_id, mask, score, label in zip(
         tracked.object_ids, tracked.masks, tracked.scores, tracked.labels, strict=True
     ):
-        crop, origin = mask.crop(), (mask.x, mask.y)
+        runs = RunMask.from_crop(mask.crop(), (mask.x, mask.y), size)
         instances.append(
             TrackedInstance(
                 object_id=object_id,
-                mask=encode_mask(crop, mask_format, origin=origin, size=size),
-                box=mask_box(crop, origin),
+                mask=runs.encode(mask_format),
+                box=run_box(runs),
                 score=score,
                 label=label,
             )

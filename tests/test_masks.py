@@ -72,3 +72,30 @@ def test_in_mask_order_selects_the_same_pixels(mask, fmt):
         assert sorted(view[order].ravel()) == sorted(target[mask].ravel())
         view[order] = -1
         np.testing.assert_array_equal(target, expected)
+
+
+def test_run_masks_round_trip_through_their_raster_and_box():
+    """RunMask (the service's mask, runs down the columns) gives back the object's raster and box,
+    also when runs join across columns (crops of the full height)."""
+    from sdk.masks import RunMask
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(1, 30, 2))
+        rows, cols = int(rng.integers(0, height + 1)), int(rng.integers(0, width + 1))
+        y, x = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - cols + 1))
+        whole = np.zeros((height, width), dtype=bool)
+        whole[y:y + rows, x:x + cols] = rng.random((rows, cols)) < rng.random()
+        runs = RunMask.from_crop(whole[y:y + rows, x:x + cols], (x, y), (height, width))
+        assert np.array_equal(decode_mask(runs.rle()), whole)
+        ys, xs = np.nonzero(whole)
+        if not len(xs):
+            assert runs.box() is None and runs.crop()[0].size == 0
+            continue
+        crop, (cx, cy) = runs.crop()
+        x0, y0, x1, y1 = runs.box()
+        assert (cx, cy) == (x0, y0) and crop.shape == (y1 - y0, x1 - x0)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+        pasted = np.zeros_like(whole)
+        pasted[y0:y1, x0:x1] = crop
+        assert np.array_equal(pasted, whole)

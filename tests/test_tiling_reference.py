@@ -47,12 +47,12 @@ def run(image, params: SegmentParams, processor, reference_image=None) -> list[F
 def iou(found: Found, box: tuple[int, int, int, int]) -> float:
     """Mask IoU of an instance with a filled rectangle, computed over their joint extent only
     (whole-image masks of a 6000x4000 picture would cost 24 MB each)."""
-    x, y = found.origin
-    h, w = found.mask.shape
+    crop, (x, y) = found.mask.crop()
+    h, w = crop.shape
     x0, y0 = min(x, box[0]), min(y, box[1])
     x1, y1 = max(x + w, box[2]), max(y + h, box[3])
     ours = np.zeros((y1 - y0, x1 - x0), bool)
-    ours[y - y0:y - y0 + h, x - x0:x - x0 + w] = found.mask
+    ours[y - y0:y - y0 + h, x - x0:x - x0 + w] = crop
     truth = np.zeros_like(ours)
     truth[box[1] - y0:box[3] - y0, box[0] - x0:box[2] - x0] = True
     return np.count_nonzero(ours & truth) / np.count_nonzero(ours | truth)
@@ -154,7 +154,7 @@ def test_reference_exemplar_finds_what_the_other_image_shows(processor):
     found = run(target, params, processor, reference_image=other)
     assert matches(found, reds, 0.9) == [1, 1, 1]
     assert len(found) == 3, "the pasted example itself is not returned"
-    assert all(f.size == target.shape[:2] and f.origin[0] + f.mask.shape[1] <= target.shape[1] for f in found)
+    assert all(f.mask.size == target.shape[:2] and f.mask.box()[2] <= target.shape[1] for f in found)
     assert all(f.box[2] <= target.shape[1] for f in found)
     assert {f.label for f in found} == {EXEMPLAR_LABEL}
 

@@ -47,6 +47,19 @@ def whole(found) -> np.ndarray:
     return decode_mask(found.encoded("rle"))
 
 
+@pytest.fixture(params=["cost-chosen", "pixel by pixel", "band by band", "band by band, then pixels"])
+def upsampling_path(request, monkeypatch):
+    """The same masks whichever way a window is computed (serving/upsampling.py picks one by cost;
+    the last falls back to pixels as when rounding makes a band non-monotone)."""
+    if request.param == "pixel by pixel":
+        monkeypatch.setattr(upsampling, "PIXEL_NS", 0)
+    elif request.param.startswith("band by band"):
+        monkeypatch.setattr(upsampling, "PIXEL_NS", 10**9)
+    if request.param.endswith("then pixels"):
+        monkeypatch.setattr(upsampling, "_splits", lambda *args: None)
+    return request.param
+
+
 @pytest.mark.parametrize("count, size, mask_threshold", [
     (30, (1200, 1600), 0.5),  # a 4:3 photo: non-uniform scale from the square low-res grid
     (12, (301, 457), 0.3),
@@ -55,7 +68,7 @@ def whole(found) -> np.ndarray:
     (5, (288, 288), 0.0),  # every pixel passes
     (5, (500, 400), 1.0),  # no pixel passes
 ])
-def test_crop_wise_masks_equal_transformers_whole_image_masks(count, size, mask_threshold):
+def test_crop_wise_masks_equal_transformers_whole_image_masks(count, size, mask_threshold, upsampling_path):
     detections = synthetic_detections(count, seed=count, mask_size=(288, 288))
     expected = transformers_masks(detections, size, mask_threshold)
     found = served_instances(detections, size, mask_threshold)
@@ -86,7 +99,7 @@ def test_bfloat16_outputs_give_the_masks_of_their_float32_values():
 
 
 @pytest.mark.parametrize("mask_threshold", [0.5, 0.2, 0.0])
-def test_point_masks_equal_the_trackers_whole_image_masks(mask_threshold):
+def test_point_masks_equal_the_trackers_whole_image_masks(mask_threshold, upsampling_path):
     """The tracker's post_process_masks thresholds upsampled logits; so does the crop-wise path."""
     logits = torch.from_numpy(synthetic_detections(3, seed=5, mask_size=(256, 256)).pred_masks)
     size = (750, 1000)
