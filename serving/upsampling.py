@@ -309,14 +309,20 @@ def _splits(
     flat, near = slope == 0, np.abs(top - t) <= margin
     with np.errstate(divide="ignore", invalid="ignore"):
         a, b = (t - margin - top) / slope, (t + margin - top) / slope
-    # The band's rows with weight in [low_w, high_w] are uncertain, found with one search over all
-    # bands (band k's weights shifted to [4k, 4k + 1], its queries kept within [4k - 1, 4k + 2]).
+    # The band's rows with weight in [low_w, high_w] are uncertain: the first found with one search
+    # over all bands (band k's weights shifted to [4k, 4k + 1], its queries kept within
+    # [4k - 1, 4k + 2]), the last by stepping from it (the range is a row or two at most, but where
+    # a flat column sits on the threshold).
     low_w = np.where(flat, np.where(near, -np.inf, np.inf), np.minimum(a, b))
     high_w = np.where(flat, np.where(near, np.inf, -np.inf), np.maximum(a, b))
     keys = 4.0 * np.repeat(np.arange(len(band_starts)), band_lengths) + row_axis.weight_second
-    shift, start = 4.0 * band, band_starts[band]
+    shift, start, length = 4.0 * band, band_starts[band], band_lengths[band]
     first = np.searchsorted(keys, shift + np.clip(low_w, -1, 2), side="left") - start
-    last = np.maximum(np.searchsorted(keys, shift + np.clip(high_w, -1, 2), side="right") - start, first)
+    last = first.copy()
+    for _ in range(3):
+        last += (last < length) & (row_axis.weight_second[start + np.minimum(last, length - 1)] <= high_w)
+    more = np.flatnonzero((last < length) & (row_axis.weight_second[start + np.minimum(last, length - 1)] <= high_w))
+    last[more] = np.searchsorted(keys, shift[more] + np.clip(high_w[more], -1, 2), side="right") - start[more]
     above = (slope < 0) | (flat & (top > t))  # the state of the rows above the uncertain ones
     below = (slope > 0) | (flat & (top > t))  # and below them
     uncertain = last - first
