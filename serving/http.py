@@ -9,6 +9,7 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
+from python_multipart.exceptions import MultipartParseError
 from starlette.datastructures import UploadFile
 
 from sdk.schema import IMAGE_PARTS, Box, ErrorResponse, Limits
@@ -108,7 +109,10 @@ def _content_type(request: Request) -> str:
 
 async def _read_form(request: Request, parts: tuple[str, ...], params_model: type[P]) -> tuple[dict[str, bytes], P]:
     """({part: file bytes}, parameters) of a multipart form; the first of `parts` is required."""
-    form = await request.form(max_files=len(parts), max_fields=4)
+    try:
+        form = await request.form(max_files=len(parts), max_fields=4)
+    except MultipartParseError as exc:  # starlette turns its own form errors into 400s, not the parser's
+        raise ServiceError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
     files = {}
     for name in parts:
         upload = form.get(name)
