@@ -81,7 +81,7 @@ document_image_body(
         f"/{API_VERSION}/segment/points": (PointsRequest, PointsParams),
     },
 )
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
 SEGMENT_PATH = f"/{API_VERSION}/segment"
 POINTS_PATH = f"/{API_VERSION}/segment/points"
 IMAGE_ENDPOINTS = {SEGMENT_PATH, POINTS_PATH}
