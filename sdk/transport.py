@@ -20,6 +20,10 @@ from sdk.schema import TrackLine, VideoError, VideoFrame
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0
+# Opening a connection takes milliseconds when the service is there; when its host is gone (SYNs
+# dropped), waiting the whole request timeout for each of the retries' connects would keep a
+# caller from learning that the service is unreachable for over ten minutes.
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,15 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay_s)
         # Full jitter (AWS architecture blog): clients that failed together do not retry together.
-        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+        return random.uniform(0, self._cap(attempt))
+
+    def _cap(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.base_delay_s * 2**attempt)
+
+    def backoff_budget_s(self) -> float:
+        """The longest that all the backoff waits of one call add up to when the server sends no
+        `Retry-After` (an unreachable service): the defaults give 0.5 + 1 + 2 + 4 + 8 = 15.5 s."""
+        return sum(self._cap(attempt) for attempt in range(self.max_retries))
 
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -70,10 +82,18 @@ class Settings:
     api_key: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 
     def http_options(self) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return {"base_url": self.url.rstrip("/"), "headers": headers, "timeout": self.timeout_s}
+        timeout = httpx.Timeout(self.timeout_s, connect=min(self.connect_timeout_s, self.timeout_s))
+        return {"base_url": self.url.rstrip("/"), "headers": headers, "timeout": timeout}
+
+    def unreachable_after_s(self) -> float:
+        """The longest a call takes to give up on a service that accepts no connection: every
+        attempt's connect timing out, plus the backoff between them."""
+        connect_s = min(self.connect_timeout_s, self.timeout_s)
+        return (self.retry.max_retries + 1) * connect_s + self.retry.backoff_budget_s()
 
 
 def retry_delay(policy: RetryPolicy, attempt: int, outcome: httpx.Response | Exception) -> float | None:
