@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compare import MAX_MASK_MISMATCH, SCORE_ATOL
+from compare import BATCH, assert_masks_close, assert_same_answer
 from conftest import ray_processes, wait_for, wait_for_ray_exit
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
@@ -25,6 +25,7 @@ from fiftyone_plugin.labels import TrackedInstanceResult, full_mask, pixel_box, 
 from fiftyone_plugin.video import done_field
 from sdk import AsyncClient, Client
 from sdk.schema import VideoFrame
+from sdk.transport import Settings
 from service_process import service_process
 from video_double import moving_squares_clip
 
@@ -81,9 +82,9 @@ def assert_labels_match_sdk(sample: fo.Sample, field: str, expected: dict) -> No
             twin = min(result.instances, key=lambda inst: abs(inst.score - det.confidence)
                        + np.abs(np.array(pixel_box(inst.box, inst.array, w, h)) - box_pixels(det, w, h)).sum())
             assert det.label == prompt
-            assert det.confidence == pytest.approx(twin.score, abs=SCORE_ATOL)
+            assert det.confidence == pytest.approx(twin.score, abs=BATCH.score)
             assert np.abs(box_pixels(det, w, h) - pixel_box(twin.box, twin.array, w, h)).max() <= 1 + 1e-6
-            assert (full_mask(det, w, h) != twin.array).mean() <= MAX_MASK_MISMATCH
+            assert_masks_close(full_mask(det, w, h), twin.array)
 
 
 def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
@@ -97,7 +98,7 @@ def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
     result = next(iter(results.values()))
     w, h = result.width, result.height
     for det, inst in zip(detections, instances):
-        assert np.array_equal(full_mask(det, w, h), inst.array)
+        assert_same_answer(full_mask(det, w, h), inst.array, "one result, stored: FiftyOne's masks are lossless")
         assert np.allclose(box_pixels(det, w, h), pixel_box(inst.box, inst.array, w, h), atol=1e-6)
         x1, y1, x2, y2 = inst.box
         bx1, by1, bx2, by2 = box_pixels(det, w, h)
@@ -196,7 +197,8 @@ def test_refine_with_points_uses_keypoints_as_clicks(dataset, client, service):
     expected_lid = client.segment_points(sample.filepath, [[0.7 * w, 0.6 * h], [0.5 * w, 0.5 * h]], labels=[1, 0])
     for det, expected, label in ((cup, expected_cup, "cup"), (lid, expected_lid, "lid")):
         assert det.label == label and det.prompt == "points"
-        assert np.array_equal(full_mask(det, w, h), expected.instances[0].array)
+        # Two requests for the same clicks: within batch noise (compare.BATCH).
+        assert_masks_close(full_mask(det, w, h), expected.instances[0].array)
 
 
 def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, tmp_path):
@@ -297,7 +299,8 @@ def sdk_tracks(client, path: str, **params) -> dict[str, list[VideoFrame]]:
 
 def assert_frames_match_sdk(sample: fo.Sample, field: str, expected: dict[str, list[VideoFrame]]) -> None:
     """Frame n holds the instances of the SDK's frame n - 1, prompt by prompt: same object id
-    (`index`), label, score, box and mask (tracking is not batched: exactly equal)."""
+    (`index`), label, score, box and mask.  The SDK's tracking is a second run of the same video:
+    within compare.BATCH (a box may move by one pixel when rounded out, as for images)."""
     first = next(iter(expected.values()))
     assert list(sample.frames.keys()) == [f.frame_index + 1 for f in first]
     assert sample[done_field(field)] == len(first)
@@ -308,9 +311,10 @@ def assert_frames_match_sdk(sample: fo.Sample, field: str, expected: dict[str, l
                   for prompt, frame in zip(expected, frames) for inst in frame.instances]
         assert len(detections) == len(wanted)
         for det, (prompt, inst) in zip(detections, wanted):
-            assert (det.index, det.label, det.prompt, det.confidence) == (inst.object_id, inst.label, prompt, inst.score)
-            assert np.array_equal(box_pixels(det, w, h), pixel_box(inst.box, inst.array, w, h))
-            assert np.array_equal(full_mask(det, w, h), inst.array)
+            assert (det.index, det.label, det.prompt) == (inst.object_id, inst.label, prompt)
+            assert det.confidence == pytest.approx(inst.score, abs=BATCH.score)
+            assert np.abs(box_pixels(det, w, h) - pixel_box(inst.box, inst.array, w, h)).max() <= 1 + 1e-6
+            assert_masks_close(full_mask(det, w, h), inst.array)
 
 
 def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client, service, clicked):
@@ -389,9 +393,20 @@ def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin,
                 state = DelegatedOperationService().get(operation.id)
                 raise AssertionError(f"{exc}; operation {state.run_state}: {state.result}\n{log.read_text()[-3000:]}")
             doomed.kill()  # the whole service dies mid-run
-            failed = wait_for(lambda: (o := DelegatedOperationService().get(operation.id)).run_state
-                              == ExecutionRunState.FAILED and o, 180, "the delegated run to fail")
-            assert "ConnectionError" in failed.result.error and doomed_url in failed.result.error
+            # The operator's client gives up once its retries are spent (the SDK's own bound on
+            # that, connects timing out included); the executor then records the failure.
+            budget_s = Settings().unreachable_after_s() + 30
+
+            def ended():
+                o = DelegatedOperationService().get(operation.id)
+                return o if o.run_state in (ExecutionRunState.FAILED, ExecutionRunState.COMPLETED) else None
+
+            try:
+                ended_op = wait_for(ended, budget_s, "the delegated run to end", interval_s=0.5)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
+            assert ended_op.run_state == ExecutionRunState.FAILED, (ended_op.result, log.read_text()[-3000:])
+            assert "ConnectionError" in ended_op.result.error and doomed_url in ended_op.result.error
         finally:
             os.killpg(executor.pid, signal.SIGTERM)
             executor.wait(60)

@@ -8,25 +8,18 @@ import numpy as np
 import pytest
 
 import reference as ref_impl
-from sdk import decode_mask
-
-MAX_MASK_MISMATCH = 1e-3  # fraction of pixels; bilinear upsampling may flip boundary pixels
+from compare import LOGITS_ATOL, WINDOW_LOGITS_ATOL, assert_matches_reference
 
 
 def assert_same_instances(served, expected, image):
+    """The transformers reference's instances (tolerances: compare.REFERENCE), sorted by score."""
     height, width = image.shape[:2]
     assert (served.height, served.width) == (height, width)
-    assert len(served.instances) == len(expected["scores"]) > 0
-    got_scores = np.array([i.score for i in served.instances])
-    got_boxes = np.array([i.box for i in served.instances])
-    for k, inst in enumerate(served.instances):
-        # Match on the box: scores of a random model can tie, boxes are distinct.
-        j = int(np.abs(expected["boxes"] - got_boxes[k]).sum(axis=1).argmin())
-        np.testing.assert_allclose(got_scores[k], expected["scores"][j], atol=1e-4)
-        np.testing.assert_allclose(got_boxes[k], expected["boxes"][j], atol=0.05)
-        mismatch = (decode_mask(inst.mask) != expected["masks"][j]).mean()
-        assert mismatch <= MAX_MASK_MISMATCH, f"instance {k}: {mismatch:.2%} of pixels differ"
-    assert list(got_scores) == sorted(got_scores, reverse=True), "instances are sorted by score"
+    assert len(expected["scores"]) > 0, "the comparison needs instances"
+    # Paired by box: scores of a random model can tie, boxes are distinct.
+    assert_matches_reference(served, expected)
+    got_scores = [i.score for i in served.instances]
+    assert got_scores == sorted(got_scores, reverse=True), "instances are sorted by score"
 
 
 @pytest.mark.parametrize("mask_format", ["rle", "png", "polygon"])
@@ -83,9 +76,7 @@ def test_point_and_box_prompts(client, reference, images, kwargs):
     points = kwargs.pop("points", [])
     served = client.segment_points(image, points, **kwargs)
     assert len(served.instances) == len(expected["scores"]) == (3 if kwargs.get("multimask") else 1)
-    for inst, score, mask in zip(served.instances, expected["scores"], expected["masks"]):
-        np.testing.assert_allclose(inst.score, score, atol=1e-4)
-        assert (decode_mask(inst.mask) != mask).mean() <= MAX_MASK_MISMATCH
+    assert_matches_reference(served, expected, pair_by_box=False)
 
 
 def test_concurrent_requests_are_batched_and_equal_single_ones(client, reference, images):
@@ -120,7 +111,7 @@ def test_predictor_batch_equals_one_by_one(tiny_model, images):
                    for text, excluded in item.queries()]
         assert len(batched) == len(singles) == len(item.queries())
         for got, single in zip(batched, singles):
-            np.testing.assert_allclose(got.pred_logits, single.pred_logits, atol=1e-5)
+            np.testing.assert_allclose(got.pred_logits, single.pred_logits, atol=LOGITS_ATOL)
             assert_same_windows(got.masks, single.masks)
     # Repeated prompts were encoded once and then taken from the text cache.
     assert predictor.texts.misses == len({"cat", "dog", "bus", "tree", "a much longer prompt", EXEMPLAR_ONLY_TEXT})
@@ -134,13 +125,13 @@ def test_predictor_batch_equals_one_by_one(tiny_model, images):
     for batched, item in zip(predictor.segment_points(point_items), point_items):
         (single,) = predictor.segment_points([item])
         assert_same_windows(batched.masks, single.masks)
-        np.testing.assert_allclose(batched.scores, single.scores, atol=1e-5)
+        np.testing.assert_allclose(batched.scores, single.scores, atol=LOGITS_ATOL)
 
 
 def assert_same_windows(got, expected):
     """Masks cut to the same low-res windows with the same values, within batching's float noise
-    (compare.py): a window's edge moves only if a value sits within 1e-4 of the support margin."""
+    (compare.WINDOW_LOGITS_ATOL): a window's edge moves only if a value sits that close to the support margin."""
     assert [(w.top, w.left, tuple(w.values.shape)) for w in got] == \
         [(w.top, w.left, tuple(w.values.shape)) for w in expected]
     for a, b in zip(got, expected):
-        np.testing.assert_allclose(a.logits().numpy(), b.logits().numpy(), atol=1e-4)
+        np.testing.assert_allclose(a.logits().numpy(), b.logits().numpy(), atol=WINDOW_LOGITS_ATOL)
