@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 
 import reference as ref_impl
+from compare import assert_matches_reference
 from conftest import TEST_EMBEDDING_CACHE_MB
-from sdk import decode_mask
-from test_served_equals_inprocess import MAX_MASK_MISMATCH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +30,6 @@ def encoded(client) -> int:
 def fresh_image(seed: int, shape=(110, 140)) -> np.ndarray:
     """An image no other test sends, so it cannot be in the cache already."""
     return (np.random.default_rng(1000 + seed).random((*shape, 3)) * 255).astype(np.uint8)
-
-
-def assert_equals_reference(served, expected) -> None:
-    assert len(served.instances) == len(expected["scores"])
-    for inst, score, mask in zip(served.instances, expected["scores"], expected["masks"]):
-        np.testing.assert_allclose(inst.score, score, atol=1e-4)
-        assert (decode_mask(inst.mask) != mask).mean() <= MAX_MASK_MISMATCH
 
 
 def test_the_cache_size_comes_from_one_embedding_of_the_loaded_model(client):
@@ -61,7 +53,7 @@ def test_later_clicks_reuse_the_embedding_and_equal_uncached_results(client, ref
         points = kwargs.pop("points", [])
         served = client.segment_points(image, points, **kwargs)
         assert encoded(client) == before + 1, f"click {n} ran the vision encoder again"
-        assert_equals_reference(served, expected)
+        assert_matches_reference(served, expected, pair_by_box=False)
 
 
 def test_a_different_image_is_encoded_and_the_same_pixels_in_another_format_are_not(client):
@@ -90,21 +82,21 @@ def test_the_cache_keeps_its_bound_and_drops_the_least_recently_used_image(clien
     assert encoded(client) == before + capacity + 2, "the oldest image was kept beyond the bound"
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.service
+@pytest.mark.timeout(300)
 def test_clicks_go_to_the_replica_holding_the_embedding(tmp_path, tiny_model):
-    """Two SAM3 replicas (a process of its own, like the autoscaling tests): with the cache every
-    image is encoded once however many clicks it gets, summed over both replicas; without it,
-    once per click.  The clicks are 1.5 s apart, as an annotator's are: well past the moment Serve's
-    router needs to learn which replica holds a new image, even on a loaded machine (README:
-    Routing window)."""
+    """Two SAM3 replicas (a process of its own, like the autoscaling tests): every image is encoded
+    once however many clicks it gets, summed over both replicas.  The clicks are 1.5 s apart, as an
+    annotator's are: well past the moment Serve's router needs to learn which replica holds a new
+    image, even on a loaded machine (README: Routing window).  Without the cache every click is
+    encoded: tests/test_protected_service.py (a service with the cache off)."""
     out = tmp_path / "clicks.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/click_latency.py"), "--model", tiny_model, "--replicas", "2",
-         "--clicks", "4", "--think-s", "1.5", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=540,
+         "--cache", "on", "--images", "2", "--clicks", "3", "--think-s", "1.5", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(out.read_text())
-    on, off = figures["cache_on"], figures["cache_off"]
-    assert on["images_encoded"] == on["images"] > 0, done.stdout
-    assert off["images_encoded"] == off["clicks"] == 4 * off["images"]
+    on = json.loads(out.read_text())["cache_on"]
+    assert on["clicks"] == 3 * on["images"] == 6
+    assert on["images_encoded"] == on["images"], done.stdout

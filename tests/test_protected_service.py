@@ -1,5 +1,6 @@
-"""A service configured as it is exposed: API keys required, and a queue that fills.  Real
-service in its own process (its own Ray), a queue of 2 so that a burst overflows it."""
+"""A service configured unlike the shared one: as it is exposed (API keys required, a queue of 2
+so that a burst overflows it) and with the embedding cache off.  Real service in its own process
+(its own Ray)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service_process import service_process
 from test_bad_input import assert_error, png
 from video_double import moving_squares_clip
 
+pytestmark = pytest.mark.service
 BURST = 40
 
 
@@ -34,7 +36,7 @@ def protected(tmp_path_factory, tiny_model):
     raw = yaml.safe_load(default_config_path().read_text())
     app = raw["applications"][0]
     app["args"].update(model=tiny_model, batching={"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
-                       auth={"api_key_hashes": [KEY_HASH]})
+                       auth={"api_key_hashes": [KEY_HASH]}, embedding_cache_mb=0)
     one_model_replica(app, max_ongoing_requests=1, max_queued_requests=2, backpressure_config={"retry_after_s": 1})
     config = tmp / "protected.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -105,3 +107,17 @@ def test_full_queue_refuses_video_tracking_with_503_not_a_failed_stream(protecte
     for status, _, response in results:
         if status == 200:  # every stream that started ran to its summary
             assert isinstance(TrackLine.model_validate_json(response.text.splitlines()[-1]).root, VideoSummary)
+
+
+def test_with_the_embedding_cache_off_every_click_is_encoded(protected):
+    """The control for tests/test_embedding_cache.py: `embedding_cache_mb: 0` reaches the replica,
+    and then every click on the same image runs the vision encoder again."""
+    url, _ = protected
+    image = png(120, 90)
+    with Client(url, api_key=KEY) as client:
+        cache = client.info().embedding_cache
+        assert cache.capacity == 0
+        before = cache.images_encoded
+        for n, point in enumerate([[10, 10], [30, 20], [60, 45]], start=1):
+            client.segment_points(image, [point])
+            assert client.info().embedding_cache.images_encoded == before + n
