@@ -28,20 +28,49 @@ def test_transient_failures_are_retried_until_success(service, client, failure):
     assert_results_match(result, client.segment(SAMPLE, prompt="cup", threshold=0.1))
 
 
-def test_retry_after_is_honoured(service):
-    with FlakyProxy(service, [503, 503], retry_after="0.6") as proxy, Client(proxy.url, retry=FAST) as flaky:
+def slept(monkeypatch) -> list[float]:
+    """The delays the sync client waits between attempts, recorded (and still waited)."""
+    import time
+
+    import sdk.client
+
+    delays: list[float] = []
+
+    class RecordingTime:  # sdk.client's `time` only: other threads of this process sleep as usual
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            delays.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(sdk.client, "time", RecordingTime())
+    return delays
+
+
+def test_retry_after_is_honoured(service, monkeypatch):
+    # A cap far above Retry-After: a client that ignored the header would wait about 0.05 s (its
+    # backoff), one that ignored the value would wait the cap; this one waits exactly 0.6 s.
+    policy = RetryPolicy(max_retries=4, base_delay_s=0.05, max_delay_s=30)
+    delays = slept(monkeypatch)
+    with FlakyProxy(service, [503, 503], retry_after="0.6") as proxy, Client(proxy.url, retry=policy) as flaky:
         assert flaky.health().status == "ok"
     assert len(proxy.calls) == 3
-    assert all(0.55 <= gap < 1.5 for gap in gaps(proxy)), gaps(proxy)
+    assert delays == [0.6, 0.6]
+    # The server saw the retries no sooner than that (a loaded machine may add any delay on top).
+    assert all(gap >= 0.6 - 0.01 for gap in gaps(proxy)), gaps(proxy)
 
 
-def test_backoff_grows_exponentially_within_its_cap(service):
+def test_backoff_grows_exponentially_within_its_cap(service, monkeypatch):
     policy = RetryPolicy(max_retries=5, base_delay_s=0.2, max_delay_s=0.5)
     assert all(0 <= policy.delay(a) <= min(0.5, 0.2 * 2**a) for a in range(8) for _ in range(50))
     assert policy.delay(0, retry_after=100) == 0.5  # a server cannot park the client forever
+    delays = slept(monkeypatch)
     with FlakyProxy(service, ["reset"] * 3) as proxy, Client(proxy.url, retry=policy) as flaky:
         flaky.health()
-    assert len(proxy.calls) == 4 and sum(gaps(proxy)) <= 0.2 + 0.4 + 0.5 + 0.5
+    assert len(proxy.calls) == 4 and len(delays) == 3
+    assert all(0 <= d <= min(0.5, 0.2 * 2**a) for a, d in enumerate(delays)), delays
+    assert all(gap >= d - 0.01 for gap, d in zip(gaps(proxy), delays)), (gaps(proxy), delays)
 
 
 def test_client_errors_are_not_retried(service):
