@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve lint test clean chromium
+.PHONY: install demo serve lint test test-fast clean chromium
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ lint: install
 
 test: install $(MONGOD) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that start no Ray service (pyproject: the `service` marker): about a minute.
+test-fast: install $(MONGOD)
+	$(PY) -m pytest -m "not service" $(PYTEST_ARGS)
 
 # The App tests drive Debian's Chromium (Playwright never downloads a browser here).
 chromium:

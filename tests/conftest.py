@@ -19,6 +19,18 @@ import fiftyone_env
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's workers hand their metrics to the node's exporter every second instead of every 10 s, so
+# the metrics tests (test_status) wait a second, not ten, for a count to show.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+
+# Tests that start or use a Ray service; `make test-fast` runs the others (-m "not service").
+SERVICE_FIXTURES = {"service", "client", "service_config"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
 
 # Small limits so the limit tests send small requests.
 TEST_LIMITS = {

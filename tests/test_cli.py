@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -16,6 +17,7 @@ from conftest import free_port, ray_processes, wait_for_ray_exit
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.service
 def test_demo_annotates_samples_and_stops_cleanly(tmp_path, tiny_model):
     before = ray_processes()
     out = tmp_path / "demo"
