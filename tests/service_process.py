@@ -3,10 +3,13 @@ tests that kill it, or that need settings the shared in-process service must not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,16 +22,45 @@ from conftest import free_port, wait_for
 REPO = Path(__file__).resolve().parents[1]
 
 
+MARKER = "SAMFLEET_TEST_SERVICE_PROCESS"
+
+
+def processes_marked(value: str) -> list[int]:
+    """PIDs of the live processes whose environment holds MARKER=value (inherited by every
+    process the service starts, whatever its process group)."""
+    wanted = f"{MARKER}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone already, or not ours to read
+            pass
+    return pids
+
+
 @dataclass
 class ServiceProcess:
     url: str
     proc: subprocess.Popen
     log: Path
+    marker: str
 
-    def kill(self) -> None:
-        """The whole service dies at once (its process group holds the embedded Ray: raylet, workers)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+    def kill(self, timeout_s: float = 30) -> None:
+        """The whole service dies at once: `samfleet serve`, its raylet and GCS, and Ray's worker
+        processes (the HTTP proxy, the replicas), which Ray starts in process groups of their own,
+        so that killing the service's group alone left the proxy accepting connections for a while."""
+        deadline = time.monotonic() + timeout_s
+        while pids := processes_marked(self.marker):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"service processes still alive {timeout_s} s after SIGKILL: {pids}")
+            self.proc.poll()  # reap `samfleet serve` (a zombie still shows its environment)
+            time.sleep(0.05)
         self.proc.wait(60)
 
 
@@ -43,10 +75,12 @@ def healthy(url: str) -> bool:
 def service_process(config: Path, log: Path, startup_s: float = 300) -> Iterator[ServiceProcess]:
     """Serve `config` on a free loopback port; stopped with Ctrl-C on exit, killed if that hangs."""
     port = free_port()
+    marker = uuid.uuid4().hex
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "serve", "--config", str(config), "--port",
-                                 str(port)], cwd=REPO, stdout=out, stderr=out, start_new_session=True)
-    service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log)
+                                 str(port)], cwd=REPO, stdout=out, stderr=out, start_new_session=True,
+                                env={**os.environ, MARKER: marker})
+    service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log, marker)
     try:
         wait_for(lambda: healthy(service.url) or proc.poll() is not None, startup_s, f"{service.url} to start")
         assert proc.poll() is None, f"the service exited at start:\n{log.read_text()[-3000:]}"
@@ -54,7 +88,6 @@ def service_process(config: Path, log: Path, startup_s: float = 300) -> Iterator
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:  # a stuck shutdown must not leave its Ray behind
-                service.kill()
+        service.kill()  # whatever is left: a stuck shutdown must not leave its Ray behind
