@@ -373,7 +373,9 @@ def labelled(ds: fo.Dataset) -> int:
 
 def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin, service, service_config, tmp_path):
     ds = fo.Dataset("delegated-run", overwrite=True)
-    ds.add_samples([fo.Sample(filepath=str(p)) for p in write_images(tmp_path / "images", 60, seed=5)])
+    # 24 samples in chunks of 4: the kill comes once two chunks are saved, and a chunk or two more
+    # may finish meanwhile, which still leaves most of the dataset for the re-run.
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in write_images(tmp_path / "images", 24, seed=5)])
     ray_before = ray_processes()
     with service_process(service_config, tmp_path / "service.log") as doomed:
         doomed_url = doomed.url
