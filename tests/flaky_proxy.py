@@ -7,6 +7,7 @@ after a long pause), and once the script is used up requests are forwarded to `u
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -91,3 +92,62 @@ class FlakyProxy:
                 self.wfile.write(body)
 
         return Handler
+
+
+class FrontDoor:
+    """A TCP forwarder on loopback in front of a service.  `kill()` is the service dying as its
+    clients see it: every open connection reset at once, then nothing listening on the port."""
+
+    def __init__(self, upstream: str):
+        host, port = httpx.URL(upstream).host, httpx.URL(upstream).port
+        self._upstream = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._dead = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # killed
+                return
+            with self._lock:
+                if self._dead:
+                    client.close()
+                    return
+                upstream = socket.create_connection(self._upstream)
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        with self._lock:
+            self._dead = True
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (Linux)
+            self._listener.close()
+            for sock in self._sockets:
+                # As a killed server's kernel does: the connection ends at once (shutdown also
+                # wakes the forwarding thread blocked on it; SO_LINGER 0 makes the close a reset).
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def __enter__(self) -> "FrontDoor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._dead:
+            self.kill()

@@ -14,14 +14,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from compare import assert_results_match
-from conftest import ray_processes, wait_for, wait_for_ray_exit
+from conftest import wait_for
+from flaky_proxy import FrontDoor
 from sdk.manifest import MANIFEST_NAME, Fingerprint, Manifest, ManifestMismatch
 from sdk.results import Result
 from sdk.transport import Settings
-from service_process import service_process
 
 REPO = Path(__file__).resolve().parents[1]
-N_IMAGES = 200
+N_IMAGES = 100  # enough for a kill at a quarter to land mid-run at concurrency 16
 PROMPT = ["--prompt", "thing", "--threshold", "0.0"]
 
 
@@ -147,14 +147,14 @@ def test_killed_run_resumes_without_loss_or_duplicates(service, folder, uninterr
     assert_resumes(service, folder, uninterrupted, out, stopped_partway(out))
 
 
-def test_service_stopped_mid_run_then_the_same_command_resumes(service, service_config, folder, uninterrupted,
-                                                               tmp_path):
-    """The whole service dies mid-batch (every process of it, Ray included): the CLI ends with an
-    error that says how to resume, keeping what finished; run again once a service is up, it
-    finishes the rest."""
+def test_service_stopped_mid_run_then_the_same_command_resumes(service, folder, uninterrupted, tmp_path):
+    """The service dies mid-batch: the CLI ends with an error that says how to resume, keeping what
+    finished; run again once a service is up, it finishes the rest.  The CLI reaches the shared
+    service through a front door that dies as a killed service does for its clients (every open
+    connection reset, then connections refused); a real service killed with every one of its
+    processes, Ray's included, is test_fiftyone_plugin's delegated-run test."""
     out = tmp_path / "out"
-    ray_before = ray_processes()
-    with service_process(service_config, tmp_path / "service.log") as doomed:
+    with FrontDoor(service) as doomed:
         running = subprocess.Popen(resumable_run(doomed.url, folder[0], out), cwd=REPO, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         try:
@@ -166,7 +166,7 @@ def test_service_stopped_mid_run_then_the_same_command_resumes(service, service_
             running.kill()
     assert running.returncode == 1, stderr
     assert "finished images are kept; run the same command again to resume" in stderr, stderr
-    assert not wait_for_ray_exit(ray_before), "the killed service left Ray processes behind"
+    assert doomed.url in stderr, stderr
     assert_resumes(service, folder, uninterrupted, out, stopped_partway(out))
 
 
