@@ -41,7 +41,11 @@ FAST_METRICS = {
 # Long enough to ride out a dip in the signal: on 2 busy cores a starting replica slows the
 # ingress, fewer requests reach the model for a few seconds, and a 5 s downscale delay with a
 # 2 s look-back stopped the replica it had just started (seen in CI).
-TEST_TIMINGS = {"upscale_delay_s": 2.0, "downscale_delay_s": 20.0, "look_back_period_s": 10.0}
+# Replicas push their autoscaling metrics every `metrics_interval_s` (Ray 2.60 reads it from the
+# deployment's config, not from the push-interval variables above; 10 s by default): the
+# controller saw a burst 10-13 s late and its end as late again.
+TEST_TIMINGS = {"upscale_delay_s": 2.0, "downscale_delay_s": 20.0, "look_back_period_s": 10.0,
+                "metrics_interval_s": 0.5}
 MODEL = "SAM3Model"
 GPU_NODE_TYPE = "gpu_worker"
 RAY = str(Path(sys.executable).parent / "ray")  # the `ray` CLI of this environment
@@ -57,6 +61,8 @@ def main() -> int:
     p.add_argument("--max-load-s", type=float, default=120, help="... nor runs longer than this")
     p.add_argument("--hold-s", type=float, default=5, help="keep the load on this long after the peak is reached")
     p.add_argument("--settle-s", type=float, default=120, help="wait at most this long for the scale-down")
+    p.add_argument("--downscale-delay-s", type=float, default=TEST_TIMINGS["downscale_delay_s"],
+                   help="the policy's downscale delay for this run")
     p.add_argument("--out", type=Path, default=Path("out/autoscaling"))
     p.add_argument("--plot", action="store_true", help="also draw timeline.png")
     args = p.parse_args()
@@ -68,7 +74,8 @@ def main() -> int:
 
     settings = runner.load_settings(model=model_or_tiny(args.model), port=free_port())
     model_opts = settings.deployment_options[MODEL]
-    model_opts["autoscaling_config"].update(TEST_TIMINGS, min_replicas=1, max_replicas=max_replicas)
+    model_opts["autoscaling_config"].update(TEST_TIMINGS, min_replicas=1, max_replicas=max_replicas,
+                                            downscale_delay_s=args.downscale_delay_s)
     policy = model_opts["autoscaling_config"]
     head = FakeCluster(max_gpu_nodes=max_replicas) if args.cluster else None
     try:
