@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # mirror only as the torch 2.14.1 / torchvision 0.29.1 pair; it runs on CPU and on CUDA GPUs.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, each module (or class) one unit of work, the longest first (tests/conftest.py):
+# most of the long tests wait on timers, so they overlap with the rest.  XDIST= runs in one process.
+XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
@@ -32,11 +35,11 @@ lint: install
 	$(PY) -m mypy
 
 test: install $(MONGOD) chromium
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The tests that start no Ray service (pyproject: the `service` marker): about a minute.
 test-fast: install $(MONGOD)
-	$(PY) -m pytest -m "not service" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not service" $(XDIST) $(PYTEST_ARGS)
 
 # The App tests drive Debian's Chromium (Playwright never downloads a browser here).
 chromium:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import subprocess
@@ -27,10 +28,53 @@ os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 SERVICE_FIXTURES = {"service", "client", "service_config"}
 
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadscope): each module (or class)
+# is one unit of work, so its module fixtures are set up once, and the units are handed out longest
+# first (as measured on the 2-core CI machine), so that the tests that mostly wait (for replicas to
+# scale, for a killed service's retries to run out, for an annotator's think time) overlap with
+# the others instead of ending the run alone.
+LONGEST_FIRST = [
+    "test_autoscaling.py::TestClusterMode",
+    "test_autoscaling.py::TestReplicaMode",
+    "test_annotate_cli.py",
+    "test_fiftyone_plugin.py",
+    "test_fiftyone_app.py",
+    "test_embedding_cache.py",
+    "test_protected_service.py",
+    "test_fuzz.py",
+    "test_tiling_reference.py",
+    "test_cli.py",
+    "test_video.py",
+]
+
+
+def work_unit(item) -> str:
+    """The unit pytest-xdist's loadscope hands to one worker: the test's class, else its module."""
+    return item.nodeid.rsplit("::", 1)[0].rsplit("/", 1)[-1]
+
+
+def give_unique_node_ids(items) -> None:
+    """pytest-xdist schedules tests by node id, so two tests with one id would run only one of
+    them.  Schemathesis' tests (one per API operation) all get their function's id under pytest 9,
+    which ignores the `_nodeid` they set: give them their own, and refuse any other duplicate."""
+    counts = collections.Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and not item.nodeid.endswith(item.name):
+            item._id = item.parent.id.child(item.name)
+    duplicates = [nodeid for nodeid, n in collections.Counter(item.nodeid for item in items).items() if n > 1]
+    if duplicates:
+        raise pytest.UsageError(f"tests sharing a node id (pytest-xdist would run one of each): {duplicates}")
+
+
 def pytest_collection_modifyitems(config, items):
+    give_unique_node_ids(items)
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.service)
+    rank = {unit: k for k, unit in enumerate(LONGEST_FIRST)}
+    position = {id(item): k for k, item in enumerate(items)}
+    # Stable: a module's tests stay together and in their order.
+    items.sort(key=lambda item: (rank.get(work_unit(item), len(rank)), position[id(item)]))
 
 # Small limits so the limit tests send small requests.
 TEST_LIMITS = {

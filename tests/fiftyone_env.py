@@ -19,8 +19,12 @@ MONGOD = Path(os.environ.get("SAMFLEET_TEST_MONGOD", REPO / ".cache/mongodb/bin/
 def configure(state_dir: Path, port: int) -> bool:
     """Point FiftyOne at a private database and plugins folder; False when the caller already
     gave FIFTYONE_DATABASE_URI (then that database is used and nothing is started)."""
-    own_db = "FIFTYONE_DATABASE_URI" not in os.environ
-    os.environ.setdefault("FIFTYONE_DATABASE_URI", f"mongodb://127.0.0.1:{port}")
+    # A URI this function set in a parent process (pytest-xdist's workers inherit the controller's
+    # environment) is not the caller's: each worker starts a database of its own.
+    given = os.environ.get("FIFTYONE_DATABASE_URI")
+    own_db = given is None or given == os.environ.get("SAMFLEET_TEST_OWN_FIFTYONE_DB")
+    if own_db:
+        os.environ["FIFTYONE_DATABASE_URI"] = os.environ["SAMFLEET_TEST_OWN_FIFTYONE_DB"] = f"mongodb://127.0.0.1:{port}"
     os.environ.update(
         FIFTYONE_DATABASE_VALIDATION="false",  # MongoDB 6 is supported; skip the "oldest version" nag
         FIFTYONE_DO_NOT_TRACK="true",
