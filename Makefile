@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve lint test clean chromium
+.PHONY: install demo serve lint test gpu-check clean chromium
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,13 @@ lint: install
 
 test: install $(MONGOD) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One command for a GPU machine (benchmarks/gpu_check.py): full-size random-weight SAM3 served in
+# bfloat16, served == in-process, throughput, clicks, video, cold start.  CI runs it with
+# MODEL=tiny on the CPU so it is known to work.
+MODEL ?=
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py $(if $(MODEL),--model $(MODEL))
 
 # The App tests drive Debian's Chromium (Playwright never downloads a browser here).
 chromium:
