@@ -121,3 +121,22 @@ def test_the_replica_sends_only_the_support_of_each_mask():
     windows = upsampling.support_windows(torch.from_numpy(detections.pred_masks), 0.5, probabilities=True)
     sent = sum(w.values.size for w in windows)
     assert sent < 0.25 * detections.pred_masks.size, "50 instances cover far less than 50 whole low-res masks"
+
+
+@pytest.mark.parametrize("path", ["pixel by pixel", "band by band"])
+def test_values_at_and_near_the_threshold_upsample_as_torch_does(path, monkeypatch):
+    """The bands' splits are placed by arithmetic and only values near the threshold are computed
+    exactly: windows whose values sit on the threshold, or within 1e-6..1 of it, still give torch's
+    own thresholded F.interpolate, whatever the sizes."""
+    monkeypatch.setattr(upsampling, "PIXEL_NS", 0 if path == "pixel by pixel" else 10**9)
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        (h, w), (height, width) = rng.integers(2, 40, 2), rng.integers(2, 2500, 2)
+        threshold = float(rng.choice([0.3, 0.5, 0.9]))
+        values = np.clip(threshold + rng.normal(size=(h, w)) * 10 ** rng.uniform(-6, 0), 0, 1).astype(np.float32)
+        values[rng.random((h, w)) < rng.choice([0.0, 0.3, 1.0])] = np.float32(threshold)
+        expected = torch.nn.functional.interpolate(torch.from_numpy(values)[None, None], size=(int(height), int(width)),
+                                                   mode="bilinear", align_corners=False)[0, 0] > threshold
+        (mask,) = upsampling.upsample_windows([upsampling.MaskWindow(0, 0, values)], (int(h), int(w)),
+                                              (int(height), int(width)), threshold, probabilities=False)
+        assert np.array_equal(decode_mask(mask.rle()), expected.numpy())
