@@ -11,7 +11,7 @@ XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve lint test test-fast clean chromium
+.PHONY: install demo serve lint test test-fast gpu-check clean chromium
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ test: install $(MONGOD) chromium
 # The tests that start no Ray service (pyproject: the `service` marker): about a minute.
 test-fast: install $(MONGOD)
 	$(PY) -m pytest -m "not service" $(XDIST) $(PYTEST_ARGS)
+
+# One command for a GPU machine (benchmarks/gpu_check.py): full-size random-weight SAM3 served in
+# bfloat16, served == in-process, throughput, clicks, video, cold start.  CI runs it with
+# MODEL=tiny on the CPU so it is known to work.
+MODEL ?=
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py $(if $(MODEL),--model $(MODEL))
 
 # The App tests drive Debian's Chromium (Playwright never downloads a browser here).
 chromium:

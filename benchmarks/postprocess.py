@@ -4,13 +4,16 @@ full-size mask encoded), measured in the same run on the same SAM3-shaped output
 
     python benchmarks/postprocess.py [--instances 10 50 100 200] [--sizes 1024x768 4000x3000]
                                      [--format rle] [--baseline-max-pixels 700000000]
+                                     [--response-instances 200]
 
 Outputs come from serving/synthetic_outputs.py (288x288 low-res logits, realistic sizes, some
 cut by the border).  Crop-wise: what the ingress runs, `found_instances` + `segment_response`
 (the replica's support windows are made beforehand: on a GPU that is device work).  Each case
 runs in a forked child so its peak memory (ru_maxrss above the child's starting RSS) is its own.
 The whole-image baseline needs N x H x W x 4 bytes at once; cases above --baseline-max-pixels
-(N x H x W) are skipped rather than swapping the machine.
+(N x H x W) are skipped rather than swapping the machine.  Last, building and serialising the
+HTTP answer of --response-instances instances: FastAPI's response_model path against the
+ingress's (constructed from validated parts, serialised once).
 """
 
 from __future__ import annotations
@@ -68,11 +71,57 @@ def measured(work) -> tuple[float, float]:
     return ms, max(mb, 0.0)
 
 
+def response_building(count: int, size: tuple[int, int]) -> tuple[float, float]:
+    """(ms as FastAPI's response_model path builds it, ms as the ingress builds it) for one
+    /v1/segment answer of `count` RLE instances: routes of a FastAPI app in this process, one
+    returning the model for FastAPI to validate and serialise, one returning the body serialised
+    once (segment_response's unvalidated construction + model_dump_json), called through
+    starlette's TestClient so both pay the same HTTP plumbing."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from fastapi.testclient import TestClient
+
+    from sdk.schema import Instance, SegmentResponse
+
+    made = synthetic_detections(count, seed=count)
+    tensors = {k: torch.from_numpy(v) for k, v in vars(made).items()}
+    raw = RawDetections.of(tensors["pred_logits"], tensors["pred_boxes"], tensors["pred_masks"],
+                           tensors["presence_logits"], 0.5)
+    found = found_instances([raw], [("thing", False)], SimpleNamespace(image_processor=PROCESSOR), height=size[0],
+                            width=size[1], mask_threshold=0.5, negative_iou=0.5, negative_containment=0.8)
+    found.sort(key=lambda f: f.score, reverse=True)
+    masks = [f.encoded("rle") for f in found]  # encoding is measured above; here only the response
+    app = FastAPI()
+
+    @app.get("/validated", response_model=SegmentResponse)
+    def validated() -> SegmentResponse:
+        instances = [Instance(mask=m, box=f.box, score=f.score, label=f.label) for m, f in zip(masks, found)]
+        return SegmentResponse(width=size[1], height=size[0], instances=instances, model="m")
+
+    @app.get("/once")
+    def once() -> Response:
+        return Response(segment_response(found, height=size[0], width=size[1], mask_format="rle",
+                                         model="m").model_dump_json(), media_type="application/json")
+
+    timings = []
+    with TestClient(app) as http:
+        assert http.get("/validated").json() == http.get("/once").json()
+        for path in ("/validated", "/once"):
+            best = float("inf")
+            for _ in range(REPEATS * 3):
+                t = time.perf_counter()
+                http.get(path)
+                best = min(best, time.perf_counter() - t)
+            timings.append(best * 1000)
+    return timings[0], timings[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, nargs="+", default=[10, 50, 100, 200])
     parser.add_argument("--sizes", nargs="+", default=["1024x768", "4000x3000"])
     parser.add_argument("--format", default="rle", choices=["rle", "png", "polygon"])
+    parser.add_argument("--response-instances", type=int, default=200)
     parser.add_argument("--baseline-max-pixels", type=float, default=7e8,
                         help="skip the whole-image baseline above N*H*W (it holds N float32 masks of H*W)")
     args = parser.parse_args()
@@ -95,6 +144,12 @@ def main() -> None:
             else:
                 old = f"{'skipped':>16}{'':9}{'':10}{'':8}"
             print(f"{size_text:>10}{count:5d}{new_ms:14.1f}{new_mb:9.0f}{old}")
+    print(f"\nresponse building, {args.response_instances} RLE instances on {args.sizes[-1]} "
+          f"(HTTP plumbing of a TestClient included in both)")
+    width, height = (int(v) for v in args.sizes[-1].split("x"))
+    fastapi_ms, once_ms = response_building(args.response_instances, (height, width))
+    print(f"  FastAPI response_model (validated, serialised by FastAPI): {fastapi_ms:7.1f} ms")
+    print(f"  built unvalidated, serialised once (the ingress):         {once_ms:7.1f} ms   x{fastapi_ms / once_ms:.1f}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ LOGITS_ATOL = 1e-5
 # if a value sits within this of the support margin).
 WINDOW_LOGITS_ATOL = 1e-4
 
+# The service's post-processing vs transformers' on the same raw outputs, in-process (no model run
+# twice): masks bit for bit; a score is the same float32 product computed in another order (a few
+# ulps), a box the same normalised coordinates scaled to pixels in float32 (ulps of ~1000 px).
+POSTPROCESS_SCORE_ATOL = 1e-6
+POSTPROCESS_BOX_ATOL = 1e-3
+
 # Kept for the callers that compare a single quantity.
 SCORE_ATOL = BATCH.score
 BOX_ATOL = BATCH.box

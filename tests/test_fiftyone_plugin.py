@@ -99,6 +99,7 @@ def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
     w, h = result.width, result.height
     for det, inst in zip(detections, instances):
         assert_same_answer(full_mask(det, w, h), inst.array, "one result, stored: FiftyOne's masks are lossless")
+        # One result: only the relative coordinates FiftyOne stores (a float64 round trip) in between.
         assert np.allclose(box_pixels(det, w, h), pixel_box(inst.box, inst.array, w, h), atol=1e-6)
         x1, y1, x2, y2 = inst.box
         bx1, by1, bx2, by2 = box_pixels(det, w, h)

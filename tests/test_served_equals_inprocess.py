@@ -135,3 +135,16 @@ def assert_same_windows(got, expected):
         [(w.top, w.left, tuple(w.values.shape)) for w in expected]
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a.logits().numpy(), b.logits().numpy(), atol=WINDOW_LOGITS_ATOL)
+
+
+def test_a_repeated_prompt_is_encoded_once_per_replica(client, images):
+    """The SAM3 replica keeps encoded text prompts (text_cache_entries): a prompt sent again is a
+    cache hit, reported by /v1/info (the session's service has one SAM3 replica)."""
+    prompt = "a prompt only this test sends"
+    before = client.info().text_cache
+    first = client.segment(images[0], prompt, threshold=0.0)
+    again = client.segment(images[1], prompt, threshold=0.0)
+    after = client.info().text_cache
+    assert after.misses == before.misses + 1 and after.hits >= before.hits + 1
+    assert after.entries <= after.capacity
+    assert first.instances and again.instances

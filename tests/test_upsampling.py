@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 
+from compare import POSTPROCESS_BOX_ATOL, POSTPROCESS_SCORE_ATOL
 from sdk import decode_mask
 from serving import upsampling
 from serving.postprocess import found_instances, logit, point_masks_response
@@ -77,8 +78,9 @@ def test_crop_wise_masks_equal_transformers_whole_image_masks(count, size, mask_
     for instance, mask, score, box in zip(found, expected["masks"].numpy().astype(bool), expected["scores"],
                                           expected["boxes"]):
         assert np.array_equal(whole(instance), mask)
-        assert instance.score == pytest.approx(float(score), abs=1e-6)
-        assert instance.box == pytest.approx(np.clip(box.numpy(), 0, [size[1], size[0]] * 2).tolist(), abs=1e-3)
+        assert instance.score == pytest.approx(float(score), abs=POSTPROCESS_SCORE_ATOL)
+        assert instance.box == pytest.approx(np.clip(box.numpy(), 0, [size[1], size[0]] * 2).tolist(),
+                                             abs=POSTPROCESS_BOX_ATOL)
         ys, xs = np.nonzero(mask)
         if len(xs):
             touching_border += int(xs.min() == 0 or ys.min() == 0 or xs.max() == size[1] - 1 or ys.max() == size[0] - 1)
@@ -121,3 +123,22 @@ def test_the_replica_sends_only_the_support_of_each_mask():
     windows = upsampling.support_windows(torch.from_numpy(detections.pred_masks), 0.5, probabilities=True)
     sent = sum(w.values.size for w in windows)
     assert sent < 0.25 * detections.pred_masks.size, "50 instances cover far less than 50 whole low-res masks"
+
+
+@pytest.mark.parametrize("path", ["pixel by pixel", "band by band"])
+def test_values_at_and_near_the_threshold_upsample_as_torch_does(path, monkeypatch):
+    """The bands' splits are placed by arithmetic and only values near the threshold are computed
+    exactly: windows whose values sit on the threshold, or within 1e-6..1 of it, still give torch's
+    own thresholded F.interpolate, whatever the sizes."""
+    monkeypatch.setattr(upsampling, "PIXEL_NS", 0 if path == "pixel by pixel" else 10**9)
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        (h, w), (height, width) = rng.integers(2, 40, 2), rng.integers(2, 2500, 2)
+        threshold = float(rng.choice([0.3, 0.5, 0.9]))
+        values = np.clip(threshold + rng.normal(size=(h, w)) * 10 ** rng.uniform(-6, 0), 0, 1).astype(np.float32)
+        values[rng.random((h, w)) < rng.choice([0.0, 0.3, 1.0])] = np.float32(threshold)
+        expected = torch.nn.functional.interpolate(torch.from_numpy(values)[None, None], size=(int(height), int(width)),
+                                                   mode="bilinear", align_corners=False)[0, 0] > threshold
+        (mask,) = upsampling.upsample_windows([upsampling.MaskWindow(0, 0, values)], (int(h), int(w)),
+                                              (int(height), int(width)), threshold, probabilities=False)
+        assert np.array_equal(decode_mask(mask.rle()), expected.numpy())
