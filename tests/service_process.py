@@ -73,7 +73,10 @@ def healthy(url: str) -> bool:
 
 @contextmanager
 def service_process(config: Path, log: Path, startup_s: float = 300) -> Iterator[ServiceProcess]:
-    """Serve `config` on a free loopback port; stopped with Ctrl-C on exit, killed if that hangs."""
+    """Serve `config` on a free loopback port; stopped with SIGTERM on exit (as a process manager
+    stops it), killed if that hangs.  Not with Ctrl-C: a test run started in the background of a
+    script (POSIX: SIGINT and SIGQUIT ignored there) hands that on to the service, and each stop
+    then waited its full 90 s for nothing."""
     port = free_port()
     marker = uuid.uuid4().hex
     with open(log, "w") as out:
@@ -87,7 +90,7 @@ def service_process(config: Path, log: Path, startup_s: float = 300) -> Iterator
         yield service
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)  # `samfleet serve` stops its own Ray
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=90)
         service.kill()  # whatever is left: a stuck shutdown must not leave its Ray behind
