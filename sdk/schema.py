@@ -19,8 +19,9 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class _Strict(BaseModel):
     # Unknown fields are an error, not silently ignored: a typo such as "treshold" must not
-    # quietly fall back to the default.
-    model_config = ConfigDict(extra="forbid")
+    # quietly fall back to the default.  NaN and infinities are refused in every number (JSON
+    # parsers accept them, and a NaN point or box otherwise passed every bounds check).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Box(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 
 import httpx
 import numpy as np
@@ -101,6 +102,24 @@ def test_inverted_box(service):
 def test_point_outside_image(service):
     r = post_json(service, "/v1/segment/points", image=b64(png(64, 48)), points=[{"x": 10, "y": 49}])
     assert_error(r, 422, "out_of_bounds", field="points")
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/segment/points", {"points": [{"x": math.nan, "y": 1}]}, "points.0.x"),
+        ("/v1/segment/points", {"points": [{"x": 1, "y": 1}], "box": {"x1": 1, "y1": 1, "x2": math.inf, "y2": 9}}, "box.x2"),
+        ("/v1/segment", {"prompt": "cat", "threshold": math.nan}, "threshold"),
+        ("/v1/segment", {"exemplars": [{"box": {"x1": -math.inf, "y1": 1, "x2": 5, "y2": 5}}]}, "exemplars.0.box.x1"),
+    ],
+)
+def test_non_finite_numbers_are_refused_with_the_field_named(service, path, body, field):
+    """JSON as Python writes it (NaN, Infinity): in a JSON body and in a multipart `params`."""
+    as_json = json.dumps({"image": b64(png()), **body})  # httpx's json= refuses to write NaN
+    r = httpx.post(f"{service}{path}", content=as_json, headers={"content-type": "application/json"}, timeout=60)
+    assert_error(r, 422, "invalid_request", field=field, says="finite")
+    r = post_multipart(service, png(), body, path)
+    assert_error(r, 422, "invalid_request", field=f"params.{field}", says="finite")
 
 
 def test_too_many_points(service):

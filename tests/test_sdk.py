@@ -150,6 +150,8 @@ def test_bad_parameters_fail_before_sending(client):
         client.segment_points(SAMPLE, [[1, 1], [2, 2]], labels=[1])
     with pytest.raises(ValidationError, match="text prompt, box exemplars"):
         client.segment_many([SAMPLE])
+    with pytest.raises(ValidationError, match="finite number"):
+        client.segment_points(SAMPLE, [[float("nan"), 1]])
     with pytest.raises(TypeError, match="unsupported image type"):
         client.segment(12345, prompt="cat")
 
