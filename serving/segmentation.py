@@ -80,16 +80,17 @@ def plan_segment(
         height, width = image.shape[:2]
     windows = [tiling.Window(0, 0, width, height)]
     if params.tiling:
-        windows = tiling.plan(width, height, params.tiling)
-        if len(windows) > limits.max_tiles:  # one window is always within the limit (max_tiles > 0)
+        count = tiling.window_count(width, height, params.tiling)
+        if count > limits.max_tiles:  # one window is always within the limit (max_tiles > 0)
             raise ServiceError(
                 422,
                 "too_many_tiles",
                 f"{width}x{height} in tiles of {params.tiling.tile_size} "
-                f"with overlap {params.tiling.overlap} makes {len(windows)} tiles; "
+                f"with overlap {params.tiling.overlap} makes {count} tiles; "
                 f"the limit is {limits.max_tiles}",
                 "tiling",
             )
+        windows = tiling.plan(width, height, params.tiling)
     items = [
         SegmentItem(
             image=prepare(window.crop(image)),

@@ -7,6 +7,8 @@ Wiring: the same requests served with the tiny SAM3 equal the same job run in-pr
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from transformers import Sam3Processor
@@ -18,7 +20,8 @@ from sdk.schema import Limits, SegmentParams, Tiling
 from serving.postprocess import Found, segment_response
 from serving.predictor import model_image
 from serving.segmentation import EXEMPLAR_LABEL, plan_segment
-from serving.tiling import Window, plan
+from serving.errors import ServiceError
+from serving.tiling import Window, plan, window_count
 from test_bad_input import assert_error, b64, png, post_json
 from test_prompts import only
 
@@ -77,6 +80,30 @@ def test_tiles_cover_the_image_with_at_least_the_overlap_asked():
     assert min(a + 1008 - b for a, b in zip(xs, xs[1:])) >= TILING.overlap
     assert plan(900, 700, TILING) == [Window(0, 0, 900, 700)], "an image within one tile is not tiled"
     assert plan(3000, 900, TILING.model_copy(update={"full_image": False}))[-1] != Window(0, 0, 3000, 900)
+
+
+@pytest.mark.parametrize("full_image", [True, False])
+def test_the_window_count_is_the_plans_length_without_making_it(full_image):
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        tile = int(rng.integers(64, 1200))
+        tiling = Tiling(tile_size=tile, overlap=int(rng.integers(0, tile)), full_image=full_image)
+        width, height = (int(n) for n in rng.integers(1, 5000, size=2))
+        assert window_count(width, height, tiling) == len(plan(width, height, tiling)), (width, height, tiling)
+
+
+def test_too_many_tiles_is_refused_before_any_tile_is_planned(processor):
+    """The attack the limit exists for: a small PNG of 6000x4000 in tiles of 64 overlapping by 63
+    is 23,373,970 windows; planning them first took 39 s of ingress time.  The refusal takes
+    microseconds: the bound is far above that on a loaded machine and far below the old cost."""
+    image = np.broadcast_to(np.zeros(3, np.uint8), (4000, 6000, 3))  # the shape alone, no 72 MB
+    params = SegmentParams(prompt="cat", tiling=Tiling(tile_size=64, overlap=63))
+    assert window_count(6000, 4000, params.tiling) == 23_373_970
+    started = time.perf_counter()
+    with pytest.raises(ServiceError, match="makes 23373970 tiles; the limit is 64") as refused:
+        plan_segment(image, params, Limits(), lambda pixels: model_image(pixels, processor))
+    assert time.perf_counter() - started < 0.1
+    assert (refused.value.status, refused.value.code, refused.value.field) == (422, "too_many_tiles", "tiling")
 
 
 @pytest.fixture(scope="module")
