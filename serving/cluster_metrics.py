@@ -141,6 +141,8 @@ class ClusterSampler:
         self.interval_s = interval_s
         self.history = MetricsHistory(window_s)
         self._task: asyncio.Task | None = None
+        # Two first calls at once would otherwise each start a sampling loop that never ends.
+        self._starting = asyncio.Lock()
 
     async def sample(self) -> Snapshot:
         urls = await asyncio.to_thread(node_metric_urls)
@@ -149,9 +151,10 @@ class ClusterSampler:
         return snapshot
 
     async def current(self) -> tuple[Snapshot, Rates | None]:
-        if self._task is None:
-            await self.sample()
-            self._task = asyncio.create_task(self._keep_sampling())
+        async with self._starting:
+            if self._task is None:
+                await self.sample()
+                self._task = asyncio.create_task(self._keep_sampling())
         latest = self.history.latest
         if latest is None:  # not reached: sample() added one and the history keeps its newest
             raise RuntimeError("no metrics sampled yet")

@@ -74,6 +74,22 @@ def test_metrics_count_requests_errors_and_batches(service, client, images):
     assert any(s.name.startswith("ray_serve_") for s in now)
 
 
+def test_two_first_status_calls_at_once_start_one_sampling_loop(service):
+    """Against the shared service's real metrics (its Ray runs in this process)."""
+    from serving.runner import APP_NAME
+
+    sampler = cluster_metrics.ClusterSampler(APP_NAME, {SEGMENT}, interval_s=3600, window_s=60)
+
+    async def two_at_once() -> int:
+        await asyncio.gather(sampler.current(), sampler.current())
+        loops = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "ClusterSampler._keep_sampling"]
+        for loop in loops:
+            loop.cancel()
+        return len(loops)
+
+    assert asyncio.run(two_at_once()) == 1
+
+
 def test_status_reports_replicas_load_and_throughput(client, images):
     status = client.status()
     deployments = {d.name: d for d in status.deployments}
