@@ -166,7 +166,7 @@ class Ingress:
 
     @api.get(f"/{API_VERSION}/info", response_model=InfoResponse)
     async def info(self) -> InfoResponse:
-        described = await self.model.describe.remote()
+        described = await self._infer(self.model.describe.remote())
         if described["tiny_random_model"]:
             log.warning(TINY_MODEL_NOTICE)
         return InfoResponse(

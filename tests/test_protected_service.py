@@ -109,6 +109,33 @@ def test_full_queue_refuses_video_tracking_with_503_not_a_failed_stream(protecte
             assert isinstance(TrackLine.model_validate_json(response.text.splitlines()[-1]).root, VideoSummary)
 
 
+def test_info_with_the_replica_busy_and_its_queue_full_is_503_not_500(protected):
+    """/v1/info asks the model replica too (`samfleet annotate` calls it first), so it answers a
+    full queue as every other route does.  One video streaming on the replica and two queued
+    behind it fill the replica (1 ongoing) and its queue (2)."""
+    url, _ = protected
+    video = {"files": {"video": ("clip.mkv", moving_squares_clip(100)[0])},
+             "data": {"params": '{"points": [{"x": 8, "y": 8}]}'}}
+
+    async def run() -> tuple[list[httpx.Response], list[int]]:
+        async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            async with http.stream("POST", "/v1/video/track", **video) as first:
+                lines = first.aiter_lines()
+                await anext(lines)  # the first video is on the replica
+                queued = [asyncio.create_task(http.post("/v1/video/track", **video)) for _ in range(2)]
+                await asyncio.sleep(1)
+                infos = [await http.get("/v1/info") for _ in range(3)]
+                last = [line async for line in lines][-1]
+            assert isinstance(TrackLine.model_validate_json(last).root, VideoSummary), "the first video was cut"
+            return infos, [(await task).status_code for task in queued]
+
+    infos, queued = asyncio.run(run())
+    assert queued == [200, 200], "the two queued videos were refused: the queue was not what this test needs"
+    for info in infos:
+        assert_error(info, 503, "overloaded")
+        assert info.headers["retry-after"] == "1"
+
+
 def test_with_the_embedding_cache_off_every_click_is_encoded(protected):
     """The control for tests/test_embedding_cache.py: `embedding_cache_mb: 0` reaches the replica,
     and then every click on the same image runs the vision encoder again."""
