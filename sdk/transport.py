@@ -86,14 +86,16 @@ class Settings:
 
     def http_options(self) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        timeout = httpx.Timeout(self.timeout_s, connect=min(self.connect_timeout_s, self.timeout_s))
+        timeout = httpx.Timeout(self.timeout_s, connect=self._connect_s())
         return {"base_url": self.url.rstrip("/"), "headers": headers, "timeout": timeout}
 
     def unreachable_after_s(self) -> float:
         """The longest a call takes to give up on a service that accepts no connection: every
         attempt's connect timing out, plus the backoff between them."""
-        connect_s = min(self.connect_timeout_s, self.timeout_s)
-        return (self.retry.max_retries + 1) * connect_s + self.retry.backoff_budget_s()
+        return (self.retry.max_retries + 1) * self._connect_s() + self.retry.backoff_budget_s()
+
+    def _connect_s(self) -> float:
+        return min(self.connect_timeout_s, self.timeout_s)  # a connect never outlasts the whole request
 
 
 def retry_delay(policy: RetryPolicy, attempt: int, outcome: httpx.Response | Exception) -> float | None:

@@ -56,11 +56,6 @@ WINDOW_LOGITS_ATOL = 1e-4
 POSTPROCESS_SCORE_ATOL = 1e-6
 POSTPROCESS_BOX_ATOL = 1e-3
 
-# Kept for the callers that compare a single quantity.
-SCORE_ATOL = BATCH.score
-BOX_ATOL = BATCH.box
-MAX_MASK_MISMATCH = BATCH.mask
-
 
 def mask_mismatch(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of pixels where two boolean masks of one image differ."""

@@ -130,11 +130,16 @@ os.environ["SAMFLEET_TEST_SESSION"] = f"{os.getpid()}-{time.time_ns()}"
 SESSION_MARKER = f"SAMFLEET_TEST_SESSION={os.environ['SAMFLEET_TEST_SESSION']}".encode()
 
 
-def started_by_this_session(pid: int) -> bool:
+def environ_holds(pid: int, entry: bytes) -> bool:
+    """Whether process `pid` was started with `entry` (b"NAME=value") in its environment."""
     try:
-        return SESSION_MARKER in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:  # gone already, or not ours to read
         return False
+
+
+def started_by_this_session(pid: int) -> bool:
+    return environ_holds(pid, SESSION_MARKER)
 
 
 def ray_processes() -> set[int]:

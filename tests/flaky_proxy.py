@@ -99,8 +99,8 @@ class FrontDoor:
     clients see it: every open connection reset at once, then nothing listening on the port."""
 
     def __init__(self, upstream: str):
-        host, port = httpx.URL(upstream).host, httpx.URL(upstream).port
-        self._upstream = (host, port)
+        url = httpx.URL(upstream)
+        self._upstream = (url.host, url.port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._sockets: list[socket.socket] = []

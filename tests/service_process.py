@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port, wait_for
+from conftest import environ_holds, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,16 +29,7 @@ def processes_marked(value: str) -> list[int]:
     """PIDs of the live processes whose environment holds MARKER=value (inherited by every
     process the service starts, whatever its process group)."""
     wanted = f"{MARKER}={value}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:  # gone already, or not ours to read
-            pass
-    return pids
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and environ_holds(int(p.name), wanted)]
 
 
 @dataclass
