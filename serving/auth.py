@@ -12,9 +12,12 @@ import hmac
 import secrets
 
 from serving.errors import error_json
+from serving.http import route_path
 
 PREFIX = "sha256:"
-OPEN_PATHS = frozenset({"/healthz"})  # liveness probes carry no credentials
+# Liveness probes carry no credentials, and a browser opening /docs cannot send one: the API's
+# description holds nothing secret, and /docs' "Authorize" button then sends the key for each call.
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
 def new_key() -> tuple[str, str]:
@@ -42,7 +45,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope, receive, send):
         hashes = getattr(scope["app"].state, "api_key_hashes", None)
-        if scope["type"] != "http" or not hashes or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not hashes or route_path(scope) in OPEN_PATHS:
             return await self.app(scope, receive, send)
         authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, key = authorization.partition(" ")

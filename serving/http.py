@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from starlette.datastructures import UploadFile
@@ -18,6 +19,15 @@ from serving.errors import ServiceError, error_json, validation_error
 P = TypeVar("P", bound=BaseModel)
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
+
+
+def route_path(scope) -> str:
+    """The path the app routes on: Ray Serve mounts an application with a `route_prefix` by
+    putting the prefix in `root_path` and leaving it in `path` (as the ASGI spec has it), so
+    middlewares that compare `path` with the app's own routes must strip it first.  Starlette
+    does the same for its router, in a helper it keeps private."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
 class PayloadLimitMiddleware:
@@ -36,7 +46,7 @@ class PayloadLimitMiddleware:
             return await self.app(scope, receive, send)
         state = scope["app"].state
         # Routes with a limit of their own (video uploads) name it in `state.body_limits`.
-        limit = getattr(state, "body_limits", {}).get(scope["path"], state.limits.max_payload_bytes)
+        limit = getattr(state, "body_limits", {}).get(route_path(scope), state.limits.max_payload_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = error_json(413, "payload_too_large", _too_large_message(int(declared), limit))
@@ -178,8 +188,28 @@ def check_box_inside(field: str, box: Box, width: int, height: int) -> None:
     check_inside(field, [box.x1, box.x2], [box.y1, box.y2], width, height)
 
 
-def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], type[BaseModel]]]) -> None:
-    """Describe the JSON and multipart bodies of the image routes in the OpenAPI document.
+# Keys are checked by a middleware (serving/auth.py), before any body is read, so no route
+# depends on this class: it only writes the scheme FastAPI would, for /docs' "Authorize" button.
+BEARER = HTTPBearer(
+    scheme_name="apiKey", description="A key from `samfleet new-api-key`, sent as `Authorization: Bearer KEY`."
+)
+
+
+def _declare_api_keys(schema: dict, open_paths: frozenset[str]) -> None:
+    schema["components"].setdefault("securitySchemes", {})[BEARER.scheme_name] = BEARER.model.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    schema["security"] = [{BEARER.scheme_name: []}]
+    for path in open_paths & schema["paths"].keys():
+        for operation in schema["paths"][path].values():
+            operation["security"] = []
+
+
+def document_image_body(
+    app: FastAPI, routes: dict[str, tuple[type[BaseModel], type[BaseModel]]], open_paths: frozenset[str]
+) -> None:
+    """Describe the JSON and multipart bodies of the image routes in the OpenAPI document, and
+    the bearer scheme when the service needs API keys (all routes but `open_paths`).
 
     The routes parse their body by content type themselves (one route, two encodings), so
     FastAPI cannot infer the request schema; this adds it, with the pydantic models'
@@ -214,6 +244,8 @@ def document_image_body(app: FastAPI, routes: dict[str, tuple[type[BaseModel], t
                     },
                 },
             }
+        if getattr(app.state, "api_key_hashes", None):
+            _declare_api_keys(schema, open_paths)
         app.openapi_schema = schema
         return schema
 

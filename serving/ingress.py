@@ -37,7 +37,7 @@ from sdk.schema import (
     VideoError,
     VideoSummary,
 )
-from serving.auth import ApiKeyMiddleware
+from serving.auth import OPEN_PATHS, ApiKeyMiddleware
 from serving.cluster_metrics import ClusterSampler
 from serving.config import ServiceConfig
 from serving.embedding_cache import image_key
@@ -80,6 +80,7 @@ document_image_body(
         f"/{API_VERSION}/segment": (SegmentRequest, SegmentParams),
         f"/{API_VERSION}/segment/points": (PointsRequest, PointsParams),
     },
+    OPEN_PATHS,
 )
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
 SEGMENT_PATH = f"/{API_VERSION}/segment"

@@ -10,6 +10,8 @@ import time
 
 from ray.util.metrics import Counter, Histogram
 
+from serving.http import route_path
+
 REQUESTS = "samfleet_requests_total"
 LATENCY = "samfleet_request_latency_s"
 INSTANCES = "samfleet_instances_returned"
@@ -154,4 +156,4 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            metrics.answered(scope["path"], status, time.perf_counter() - started)
+            metrics.answered(route_path(scope), status, time.perf_counter() - started)

@@ -35,7 +35,8 @@ class ServeSettings:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """Where clients reach the application: under its route prefix, if it has one."""
+        return f"http://{self.host}:{self.port}{self.route_prefix.rstrip('/')}"
 
 
 class ConfigError(ValueError):

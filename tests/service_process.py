@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from conftest import environ_holds, free_port, wait_for
+from serving.runner import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,8 @@ def service_process(config: Path, log: Path, startup_s: float = 300) -> Iterator
         proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "serve", "--config", str(config), "--port",
                                  str(port)], cwd=REPO, stdout=out, stderr=out, start_new_session=True,
                                 env={**os.environ, MARKER: marker})
-    service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log, marker)
+    prefix = load_settings(config).route_prefix.rstrip("/")  # the application's URL is under its prefix
+    service = ServiceProcess(f"http://127.0.0.1:{port}{prefix}", proc, log, marker)
     try:
         wait_for(lambda: healthy(service.url) or proc.poll() is not None, startup_s, f"{service.url} to start")
         assert proc.poll() is None, f"the service exited at start:\n{log.read_text()[-3000:]}"

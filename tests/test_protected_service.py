@@ -1,6 +1,7 @@
 """A service configured unlike the shared one: as it is exposed (API keys required, a queue of 2
-so that a burst overflows it) and with the embedding cache off.  Real service in its own process
-(its own Ray)."""
+so that a burst overflows it, under a route prefix as behind a shared gateway, image bodies
+limited below the videos it tracks) and with the embedding cache off.  Real service in its own
+process (its own Ray)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ BURST = 40
 
 
 KEY, KEY_HASH = new_key()
+PREFIX = "/sam3"
+IMAGE_BODY_LIMIT = 16 * 1024  # below a 100-frame test clip (19 KB), which the video limit admits
 
 
 @pytest.fixture(scope="module")
 def protected(tmp_path_factory, tiny_model):
-    """(URL, the service's stderr file) of a service needing KEY, with a queue of 2."""
+    """(URL, the service's stderr file) of a service needing KEY, with a queue of 2, under PREFIX."""
     from serving.runner import default_config_path
 
     tmp = tmp_path_factory.mktemp("protected")
@@ -37,10 +40,13 @@ def protected(tmp_path_factory, tiny_model):
     app = raw["applications"][0]
     app["args"].update(model=tiny_model, batching={"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                        auth={"api_key_hashes": [KEY_HASH]}, embedding_cache_mb=0)
+    app["args"]["limits"]["max_payload_bytes"] = IMAGE_BODY_LIMIT
+    app["route_prefix"] = PREFIX
     one_model_replica(app, max_ongoing_requests=1, max_queued_requests=2, backpressure_config={"retry_after_s": 1})
     config = tmp / "protected.yaml"
     config.write_text(yaml.safe_dump(raw))
     with service_process(config, tmp / "service.log") as running:
+        assert running.url.endswith(PREFIX)
         yield running.url, running.log
 
 
@@ -80,10 +86,11 @@ def test_full_queue_answers_503_with_retry_after_and_the_sdk_gets_through(protec
     assert [item.error for item in items if not item.ok] == []
 
 
-def test_api_key_is_required_everywhere_but_healthz(protected):
+def test_api_key_is_required_everywhere_but_healthz_and_the_docs(protected):
+    """Under the route prefix too: the open paths are matched on the app's own path."""
     url, log = protected
     assert httpx.get(f"{url}/healthz").status_code == 200
-    for path in ("/v1/info", "/v1/status", "/openapi.json", "/docs"):
+    for path in ("/v1/info", "/v1/status"):
         assert_error(httpx.get(f"{url}{path}"), 401, "unauthorized", says="needs an API key")
     wrong = httpx.get(f"{url}/v1/info", headers={"Authorization": "Bearer sf_not-the-key"})
     assert_error(wrong, 401, "unauthorized", says="not valid")
@@ -97,6 +104,37 @@ def test_api_key_is_required_everywhere_but_healthz(protected):
     with Client(url, api_key=KEY) as client:
         assert client.info().model == client.segment(png(), "cat").model
     assert KEY not in log.read_text(), "the key was logged"
+
+
+def test_docs_open_without_a_key_and_declare_bearer_auth(protected):
+    """A browser opening /docs sends no key; the document then tells Swagger's "Authorize" button
+    that every route but the open ones needs one, so "Try it out" works on a keyed service."""
+    url, _ = protected
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200 and f"{PREFIX}/openapi.json" in docs.text
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["apiKey"]["description"]}
+    assert spec["security"] == [{"apiKey": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    assert "security" not in spec["paths"]["/v1/segment"]["post"]  # the document-wide requirement holds
+    # What "Authorize" then sends is accepted:
+    info = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {KEY}"})
+    assert info.status_code == 200
+
+
+def test_videos_get_their_own_body_limit_under_the_prefix(protected):
+    url, _ = protected
+    clip = moving_squares_clip(100)[0]
+    assert len(clip) > IMAGE_BODY_LIMIT
+    headers = {"Authorization": f"Bearer {KEY}"}
+    tracked = httpx.post(f"{url}/v1/video/track", files={"video": ("clip.mkv", clip)},
+                         data={"params": '{"points": [{"x": 8, "y": 8}]}'}, headers=headers, timeout=120)
+    assert tracked.status_code == 200, tracked.text
+    assert isinstance(TrackLine.model_validate_json(tracked.text.splitlines()[-1]).root, VideoSummary)
+    image = httpx.post(f"{url}/v1/segment", files={"image": ("i", b"x" * (IMAGE_BODY_LIMIT + 1))},
+                       data={"params": '{"prompt": "x"}'}, headers=headers)
+    assert_error(image, 413, "payload_too_large")
 
 
 def test_full_queue_refuses_video_tracking_with_503_not_a_failed_stream(protected):
