@@ -75,6 +75,13 @@ class ServiceConfig(BaseModel):
         description="images each ingress replica decodes and resizes at a time; each holds a decoded photo "
         "(36 MB at 12 MP) and its resize buffers, so this bounds the ingress's memory whatever the load",
     )
+    concurrent_videos: int = Field(
+        default=2,
+        gt=0,
+        description="videos each SAM3 replica tracks at a time, beside its image batches; each holds its "
+        "tracking state on the GPU (the memory of every tracked object, growing with the frames), so more "
+        "would only share the same GPU; a video beyond this is answered 503 overloaded with Retry-After",
+    )
     text_cache_entries: int = Field(
         default=1024,
         ge=0,

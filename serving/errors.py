@@ -30,6 +30,11 @@ class ServiceError(Exception):
         self.field = field
         self.headers = headers
 
+    def __reduce__(self):
+        # Raised in a model replica, it reaches the ingress pickled inside Ray's RayTaskError;
+        # Exception's own reduce would call __init__ with the message alone.
+        return type(self), (self.status, self.code, self.message, self.field, self.headers)
+
 
 def error_json(status: int, code: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(code=code, message=message, field=field))

@@ -308,10 +308,10 @@ class Ingress:
         first = await self._infer(anext(frames, None))
 
         async def tracked_frames():
-            if first is not None:
-                yield first
-                async for tracked in frames:
-                    yield tracked
+            tracked = first
+            while tracked is not None:
+                yield tracked
+                tracked = await self._infer(anext(frames, None))
 
         async def lines():
             sent, object_ids = 0, set[int]()
@@ -320,7 +320,13 @@ class Ingress:
                     line = await run_in_threadpool(frame_line, tracked, video.frames, params.mask_format)
                     sent, object_ids = sent + 1, object_ids | set(tracked.object_ids)
                     yield ndjson(line)
-            except Exception as exc:  # the status (200) is sent: the stream's last line says what failed
+            # The status (200) is sent: the stream's last line says what failed.
+            except ServiceError as exc:  # e.g. more frames decoded than the packets said, a lost replica
+                yield ndjson(
+                    VideoError(error=ErrorDetail(code=exc.code, message=f"{exc.message} (after {sent} frames)"))
+                )
+                return
+            except Exception as exc:
                 log.exception("video tracking failed")
                 yield ndjson(
                     VideoError(

@@ -19,6 +19,8 @@ from serving.video_loader import load_sam3_video
 from serving.video_tracking import Sam3VideoTracker, TrackedFrame, TrackRequest, track_video
 
 DEFAULT_BATCH = ServiceConfig().batching
+# A video holds its slot for seconds to minutes; retrying sooner would only be refused again.
+VIDEO_RETRY_AFTER_S = 5
 
 
 @serve.deployment(name="SAM3Model")
@@ -27,6 +29,7 @@ class SAM3Model:
         self.config = ServiceConfig.model_validate(config)
         self.batches = BatchMetrics(self.config.batching.max_batch_size)
         self.text_metrics = TextCacheMetrics()
+        self.videos_running = 0
         if is_output_double(self.config.model):  # the benchmarks' stand-in for a GPU: no model at all
             self.segmenter: Sam3Predictor | SegmentOutputDouble = SegmentOutputDouble(self.config.model)
             self.predictor = None
@@ -65,9 +68,21 @@ class SAM3Model:
         being batched on the replica while a video runs in a worker thread.
         """
         self._real_model()
-        frames = track_video(data, request, self.video, self.config.limits.max_video_frames)
-        while (frame := await asyncio.to_thread(next, frames, None)) is not None:
-            yield frame
+        if self.videos_running >= self.config.concurrent_videos:
+            raise ServiceError(
+                503,
+                "overloaded",
+                f"this model replica is tracking {self.videos_running} videos, its limit (concurrent_videos); "
+                "retry later",
+                headers={"Retry-After": str(VIDEO_RETRY_AFTER_S)},
+            )
+        self.videos_running += 1
+        try:
+            frames = track_video(data, request, self.video, self.config.limits.max_video_frames)
+            while (frame := await asyncio.to_thread(next, frames, None)) is not None:
+                yield frame
+        finally:  # also when the caller goes away: Serve closes the generator
+            self.videos_running -= 1
 
     def _real_model(self) -> Sam3Predictor:
         if self.predictor is None:

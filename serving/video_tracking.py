@@ -22,6 +22,7 @@ from serving.video_loader import LoadedSam3Video
 
 POINTS_OBJECT_ID = 1  # the one object a point prompt marks
 POINTS_LABEL = "object"
+RELEASED_FRAME = torch.empty(0)  # what a tracked frame's pixels are replaced with (Sam3VideoTracker)
 
 
 @dataclass
@@ -132,23 +133,40 @@ class Sam3VideoTracker:
         # generator may be resumed from another worker thread.
         yield from run(frames, request)
 
+    def session(self, processor):
+        """A streaming session whose frames stay off the GPU: transformers keeps every processed
+        frame (3x1008x1008, 6 MB in bfloat16: 18 GB at 3000 frames) on `video_storage_device`,
+        the inference device unless told otherwise.  `_frame_done` then drops each one."""
+        return processor.init_video_session(
+            inference_device=self.m.device, video_storage_device="cpu", processing_device="cpu", dtype=self.m.dtype
+        )
+
+    @staticmethod
+    def _frame_done(session) -> None:
+        """Forget the pixels of the frame just tracked.  In streaming mode transformers reads only
+        the current frame's pixels (`get_frame(frame_idx)`); earlier frames live on as features in
+        the tracking memory.  The entry stays, empty, because the session counts its frames (the
+        memory attention's number of object pointers depends on it).  A transformers that read an
+        old frame again would fail on the empty tensor, not track wrongly."""
+        last = next(reversed(session.processed_frames))
+        session.processed_frames[last] = RELEASED_FRAME
+
     def _text(self, frames, request):
         processor = self.m.video_processor
-        session = processor.init_video_session(inference_device=self.m.device, dtype=self.m.dtype)
+        session = self.session(processor)
         processor.add_text_prompt(session, request.prompt)
         for frame in frames:
             with torch.inference_mode():
                 inputs = processor(images=frame, return_tensors="pt")
-                out = self.m.video(
-                    inference_session=session, frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype)
-                )
+                out = self.m.video(inference_session=session, frame=inputs.pixel_values[0])
+                self._frame_done(session)
                 post = processor.postprocess_outputs(session, out, original_sizes=inputs.original_sizes)
             ids = post["object_ids"].tolist()
             yield post["masks"], ids, post["scores"].float().tolist(), [request.prompt] * len(ids)
 
     def _points(self, frames, request):
         processor = self.m.tracker_video_processor
-        session = processor.init_video_session(inference_device=self.m.device, dtype=self.m.dtype)
+        session = self.session(processor)
         for index, frame in enumerate(frames):
             with torch.inference_mode():
                 inputs = processor(images=frame, return_tensors="pt")
@@ -161,9 +179,8 @@ class Sam3VideoTracker:
                         input_labels=[[request.point_labels]],
                         original_size=inputs.original_sizes[0],
                     )
-                out = self.m.tracker_video(
-                    inference_session=session, frame=inputs.pixel_values[0].to(self.m.device, self.m.dtype)
-                )
+                out = self.m.tracker_video(inference_session=session, frame=inputs.pixel_values[0])
+                self._frame_done(session)
                 (masks,) = processor.post_process_masks([out.pred_masks], original_sizes=inputs.original_sizes)
             score = out.object_score_logits.float().sigmoid()[0, 0].item()
             yield masks[:, 0], [POINTS_OBJECT_ID], [score], [POINTS_LABEL]

@@ -18,10 +18,12 @@ from PIL import Image
 from sdk import AsyncClient
 from sdk.errors import APIError, ValidationError
 from sdk.masks import decode_mask
-from sdk.schema import TrackLine, VideoFrame, VideoSummary
+from sdk.schema import Limits, TrackLine, VideoFrame, VideoSummary
+from serving.errors import ServiceError
+from serving.video_decode import iter_frames, probe_video
 from serving.video_lines import frame_line
 from serving.video_tracking import TrackRequest, track_video
-from video_double import MovingBlobTrackerDouble, encode_clip, moving_squares_clip
+from video_double import MovingBlobTrackerDouble, encode_clip, moving_squares_clip, moving_squares_pictures
 
 TRACK = "/v1/video/track"
 
@@ -83,9 +85,61 @@ def test_text_and_points_together_track_the_clicked_object_besides_every_instanc
         assert np.array_equal(masks[2], truth[t.frame_index][0]), "the clicked square, tracked on its own"
 
 
-def test_decoding_stops_at_max_frames(clip):
-    data, _ = clip
-    assert len(list(track_video(data, TrackRequest(prompt="red"), MovingBlobTrackerDouble(), max_frames=3))) == 3
+def test_frames_are_counted_as_decoded_and_refused_past_max_frames(clip):
+    """The ingress's probe counts packets; decoding counts again, so a container whose packets
+    undercount its frames is stopped at the limit with the limit's error, never silently cut."""
+    data, truth = clip
+    tracked = track_video(data, TrackRequest(prompt="red"), MovingBlobTrackerDouble(), max_frames=3)
+    assert [next(tracked).frame_index for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ServiceError) as refused:
+        next(tracked)
+    assert (refused.value.status, refused.value.code) == (413, "too_many_frames")
+    assert len(list(track_video(data, TrackRequest(prompt="red"), MovingBlobTrackerDouble(), len(truth)))) == len(truth)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_video_is_tracked_as_displayed(rotation):
+    """Phones store portrait video as landscape frames plus a display rotation; like EXIF on
+    photos, the service works on the picture as displayed: size, points and masks."""
+    pictures, truth = moving_squares_pictures(8)
+    data = encode_clip(pictures, rotation=rotation)
+    turns = rotation // 90
+    shown = [np.rot90(p, turns) for p in pictures]
+    info = probe_video(data, Limits())
+    assert (info.height, info.width) == shown[0].shape[:2]
+    assert all(np.array_equal(a, b) for a, b in zip(iter_frames(data, 0, 100), shown, strict=True))
+    frames = list(track_video(data, TrackRequest(prompt="red"), MovingBlobTrackerDouble(), 100))
+    for frame, masks in zip(frames, truth, strict=True):
+        got = sorted((m.crop().sum(), m.y, m.x) for m in frame.masks)
+        want = sorted((t.sum(), *[int(v.min()) for v in np.nonzero(np.rot90(t, turns))]) for t in masks)
+        assert got == want
+
+
+def test_tracking_keeps_no_frame_pixels(tiny_model, sam3_video_tracker, clip):
+    """transformers' streaming session would keep every processed frame (6 MB each at SAM3's size
+    in bfloat16) on the inference device; the service's session keeps none, and tracks the same."""
+    from serving.video_tracking import Sam3VideoTracker
+
+    class KeepsSessions(Sam3VideoTracker):
+        sessions: list = []
+
+        def session(self, processor):
+            self.sessions.append(super().session(processor))
+            return self.sessions[-1]
+
+    class KeepsFrames(Sam3VideoTracker):
+        _frame_done = staticmethod(lambda session: None)
+
+    data, truth = clip
+    tracker = KeepsSessions(sam3_video_tracker.m)
+    for request in (TrackRequest(prompt="red square"), TrackRequest(points=[[8, 8]], point_labels=[1])):
+        ours = [frame_line(t, len(truth), "rle") for t in track_video(data, request, tracker, 100)]
+        kept = [frame_line(t, len(truth), "rle") for t in track_video(data, request, KeepsFrames(tracker.m), 100)]
+        assert ours == kept
+        session = tracker.sessions[-1]
+        assert str(session.video_storage_device) == "cpu"
+        assert len(session.processed_frames) == len(truth)  # the count transformers relies on is kept
+        assert sum(f.numel() for f in session.processed_frames.values()) == 0
 
 
 # (2) end to end through HTTP with the tiny SAM3 --------------------------------------------------
@@ -124,6 +178,40 @@ def test_first_frame_arrives_before_the_last_is_computed(service):
     per_frame = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
     assert per_frame > 0.005, arrivals
     assert arrivals[0] < arrivals[-1] - 10 * per_frame, arrivals
+
+
+def test_a_replica_tracks_at_most_concurrent_videos_and_refuses_more_at_once(service, client):
+    """Two videos run (the default `concurrent_videos`); a third is answered 503 at once, not
+    queued behind them on the GPU; the SDK's retry then gets it through."""
+    data, truth = moving_squares_clip(30)
+    files, params = {"video": ("clip.mkv", data)}, {"params": json.dumps({"points": [{"x": 8, "y": 8}]})}
+
+    async def run():
+        async with httpx.AsyncClient(base_url=service, timeout=120) as http:
+            async with http.stream("POST", TRACK, files=files, data=params) as one, \
+                    http.stream("POST", TRACK, files=files, data=params) as two:
+                streams = [one.aiter_lines(), two.aiter_lines()]
+                for lines in streams:
+                    await anext(lines)  # both are tracking now
+                third = await http.post(TRACK, files=files, data=params)
+                lasts = [[line async for line in lines][-1] for lines in streams]
+            return third, lasts
+
+    third, lasts = asyncio.run(run())
+    assert third.status_code == 503 and third.json()["error"]["code"] == "overloaded", third.text
+    assert "concurrent_videos" in third.json()["error"]["message"] and third.headers["retry-after"] == "5"
+    for last in lasts:
+        assert isinstance(TrackLine.model_validate_json(last).root, VideoSummary)
+    assert len(list(client.track_video(data, points=[[8, 8]]))) == len(truth)
+
+
+def test_rotated_video_is_served_as_displayed(service):
+    pictures, _ = moving_squares_pictures(4)  # 64x48 stored, 48x64 shown
+    data = encode_clip(pictures, rotation=90)
+    frames = lines_of(post(service, data, {"points": [{"x": 8, "y": 60}]}))[:-1]  # y=60: only inside as shown
+    assert {(f.width, f.height) for f in frames} == {(48, 64)}
+    outside = post(service, data, {"points": [{"x": 60, "y": 8}]})  # inside the stored frame only
+    assert (outside.status_code, outside.json()["error"]["code"]) == (422, "out_of_bounds")
 
 
 # (4) SDK and CLI ------------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ def moving_squares_clip(frames: int, height: int = 48, width: int = 64, side: in
                         ) -> tuple[bytes, list[list[np.ndarray]]]:
     """A lossless (FFV1/Matroska) clip of two red squares, one moving right and one moving down,
     and each frame's true masks, [right-mover, down-mover]."""
+    pictures, truth = moving_squares_pictures(frames, height, width, side)
+    return encode_clip(pictures), truth
+
+
+def moving_squares_pictures(frames: int, height: int = 48, width: int = 64, side: int = 10
+                            ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """The frames of `moving_squares_clip`, and their true masks."""
     pictures, truth = [], []
     for t in range(frames):
         picture = np.empty((height, width, 3), np.uint8)
@@ -32,14 +39,18 @@ def moving_squares_clip(frames: int, height: int = 48, width: int = 64, side: in
             masks.append(mask)
         pictures.append(picture)
         truth.append(masks)
-    return encode_clip(pictures), truth
+    return pictures, truth
 
 
-def encode_clip(pictures: list[np.ndarray], codec: str = "ffv1") -> bytes:
+def encode_clip(pictures: list[np.ndarray], codec: str = "ffv1", rotation: int = 0) -> bytes:
+    """Lossless clip of `pictures`; `rotation` (degrees counter-clockwise) goes in the stream's
+    display matrix, as phones record portrait video."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="matroska") as container:
         stream = container.add_stream(codec, rate=10)
         stream.height, stream.width = pictures[0].shape[:2]
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.pix_fmt = "bgr0"  # FFV1's lossless RGB
         for picture in pictures:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
