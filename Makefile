@@ -11,7 +11,7 @@ XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve lint test test-fast gpu-check clean chromium
+.PHONY: install demo serve lint test test-fast test-lower-bounds gpu-check clean chromium
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,19 @@ test: install $(MONGOD) chromium
 # The tests that start no Ray service (pyproject: the `service` marker): about a minute.
 test-fast: install $(MONGOD)
 	$(PY) -m pytest -m "not service" $(XDIST) $(PYTEST_ARGS)
+
+# The lowest releases pyproject.toml admits for the libraries whose APIs the service relies on,
+# laid over the installed (newest admitted) ones, for the tests that exercise those APIs: model
+# loading, served == in-process (images, points, video), back-pressure, the embedding cache.
+# transformers 5.17 needs a huggingface-hub 1.x.  CI runs it after `make test`.
+LOWER_BOUNDS := ray[serve]==2.58.0 transformers==5.17.0 huggingface-hub==1.33.0
+LOWER_DIR := .cache/lower-bounds
+LOWER_TESTS := tests/test_model_loading.py tests/test_upsampling.py tests/test_served_equals_inprocess.py \
+	tests/test_video.py tests/test_protected_service.py tests/test_embedding_cache.py
+test-lower-bounds: install $(MONGOD)
+	$(PY) -m pip install -q --no-deps --target $(LOWER_DIR) $(LOWER_BOUNDS)
+	PYTHONPATH=$(abspath $(LOWER_DIR)) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS) $(LOWER_TESTS) \
+		-p no:cacheprovider --lower-bounds "$(LOWER_BOUNDS)"
 
 # One command for a GPU machine (benchmarks/gpu_check.py): full-size random-weight SAM3 served in
 # bfloat16, served == in-process, throughput, clicks, video, cold start.  CI runs it with

@@ -218,8 +218,9 @@ def _opencv():
 
 
 def _polygons(binary: np.ndarray, x: int = 0, y: int = 0) -> list[list[float]]:
-    import cv2
-
+    cv2 = _opencv()
+    if cv2 is None:  # the laptop install has no OpenCV: say how to get it, as pandas does for its extras
+        raise ImportError("polygon masks are traced with OpenCV: pip install 'samfleet[polygons]'")
     if not binary.size:
         return []
     # OpenCV treats pixels beyond the crop as background, as they are: the crop's contours,

@@ -48,6 +48,31 @@ LONGEST_FIRST = [
 ]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--lower-bounds", default="", metavar="REQUIREMENTS",
+                     help="`make test-lower-bounds`: the pins (name==version) the run must import, or fail")
+
+
+def pytest_configure(config):
+    """A lower-bounds run that imported the newest releases instead would pass for nothing."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    for pin in config.getoption("--lower-bounds").split():
+        wanted = Requirement(pin)
+        got = version(wanted.name)
+        if not wanted.specifier.contains(got):
+            raise pytest.UsageError(f"--lower-bounds: {wanted.name} {got} is imported, not {wanted.specifier}")
+
+
+def pytest_report_header(config):
+    from importlib.metadata import version
+
+    return "samfleet's pinned libraries: " + ", ".join(
+        f"{name} {version(name)}" for name in ("ray", "transformers", "huggingface-hub", "torch"))
+
+
 def work_unit(item) -> str:
     """The unit pytest-xdist's loadscope hands to one worker: the test's class, else its module."""
     return item.nodeid.rsplit("::", 1)[0].rsplit("/", 1)[-1]
@@ -175,10 +200,11 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 def one_model_replica(app: dict, **options) -> None:
-    """The SAM3Model deployment of a Serve config's `app`: one replica, no autoscaling, `options`."""
+    """The SAM3Model deployment of a Serve config's `app`: one replica (or `num_replicas` in
+    `options`), no autoscaling, `options`."""
     model = next(d for d in app["deployments"] if d["name"] == "SAM3Model")
     model.pop("autoscaling_config")
-    model.update(num_replicas=1, **options)
+    model.update({"num_replicas": 1, **options})
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -29,6 +32,25 @@ def test_polygons_trace_each_part(mask):
     decoded = decode_mask(encoded)
     # COCO rasterises the outline; for rectangles it matches up to the last row/column.
     assert (decoded & mask).sum() / mask.sum() > 0.85 and (decoded & ~mask).sum() == 0
+
+
+def test_polygons_without_opencv_say_which_extra_to_install():
+    """The laptop install has no OpenCV: RLE and PNG work, polygons say how to get them."""
+    script = """
+import sys
+sys.modules["cv2"] = None  # as if OpenCV were not installed
+import numpy as np
+from sdk.masks import decode_mask, encode_mask
+mask = np.eye(9, dtype=bool)
+assert (decode_mask(encode_mask(mask, "rle")) == mask).all() and (decode_mask(encode_mask(mask, "png")) == mask).all()
+try:
+    encode_mask(mask, "polygon")
+except ImportError as exc:
+    print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "polygon masks are traced with OpenCV: pip install 'samfleet[polygons]'"
 
 
 def test_empty_mask_round_trips_in_every_format():
