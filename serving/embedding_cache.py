@@ -4,8 +4,10 @@ image skips the vision encoder (interactive annotation clicks many times on one 
 Storage and routing are Ray Serve's model multiplexing, keyed by the image's content: the
 ingress sends each points request with `multiplexed_model_id=image_key(image)`, Serve's router
 prefers the replica that already holds that key, and `@serve.multiplexed` keeps at most
-`capacity` keys per replica, dropping the least recently used.  `@serve.batch` splits batches by
-that id, so all requests of one batch share one image and one embedding.
+`capacity` keys per replica, dropping the least recently used.  Each item carries its key too, and
+the embedding is looked up by the item's own key, not by `serve.get_multiplexed_model_id()`: a
+batch holding several images gets each one's embedding whether or not Serve splits batches by
+model id (Ray releases before 2.54 did not).
 """
 
 from __future__ import annotations
@@ -61,18 +63,27 @@ class EmbeddingCache:
 
         self._entry = serve.multiplexed(max_num_models_per_replica=self.capacity)(new_entry) if self.capacity else None
 
-    async def embeddings(self, items: Sequence[PointsItem], key: str) -> list[ImageEmbedding]:
-        """Each item's image embedding; `key` ("" when the ingress sent none) names the image all
-        the items share, whose embedding is then encoded at most once while it stays cached."""
-        if not (key and self._entry):
+    async def embeddings(self, items: Sequence[PointsItem]) -> list[ImageEmbedding]:
+        """Each item's image embedding; an image with a key (the cache is on) is encoded at most
+        once while it stays cached, however many items of the batch share it."""
+        if not self._entry:
             return await self._encode([it.image for it in items])
-        entry = await self._entry(key)
+        by_key: dict[str, ImageEmbedding] = {}
+        for item in items:
+            if item.image_key and item.image_key not in by_key:
+                by_key[item.image_key] = await self._cached(item)
+        return [by_key[it.image_key] if it.image_key else (await self._encode([it.image]))[0] for it in items]
+
+    async def _cached(self, item: PointsItem) -> ImageEmbedding:
+        assert self._entry is not None
+        entry = await self._entry(item.image_key)
         if entry.embedding is None:
-            # Batches of one replica run one at a time (max_concurrent_batches=1), so no other
-            # batch is filling this entry meanwhile.  Encoded alone: the kept tensors are views
-            # of a batch of one, so they hold exactly `embedding_bytes`.
-            (entry.embedding,) = await self._encode([items[0].image])
-        return [entry.embedding] * len(items)
+            # Encoded alone: the kept tensors are views of a batch of one, so they hold exactly
+            # `embedding_bytes`.  Two batches never fill one entry at once: Serve runs a replica's
+            # batches one at a time (max_concurrent_batches=1), and the pieces it may split one
+            # batch into hold different keys.
+            (entry.embedding,) = await self._encode([item.image])
+        return entry.embedding
 
     async def _encode(self, images: list[ModelImage]) -> list[ImageEmbedding]:
         self.images_encoded += len(images)

@@ -254,8 +254,10 @@ class Ingress:
         height, width = item.image.original_size
         model = self.model
         if self.config.embedding_cache_mb:
-            # Routed to the replica that keeps this image's embedding, when one does.
-            model = model.options(multiplexed_model_id=await run_in_threadpool(image_key, item.image))
+            # Routed to the replica that keeps this image's embedding, when one does; the key also
+            # travels in the item, which is what the replica looks the embedding up by.
+            item.image_key = await run_in_threadpool(image_key, item.image)
+            model = model.options(multiplexed_model_id=item.image_key)
         (raw,) = await self._timed(times, [model.segment_points.remote(item)])
         response = await run_in_threadpool(
             times.run,

@@ -56,8 +56,7 @@ class SAM3Model:
     async def segment_points(self, items: list[PointsItem]) -> list[RawPointMasks]:
         predictor = self._real_model()
         self.batches.ran("segment_points", len(items))
-        # The image key the ingress sent; Serve splits batches by it, so it is one per batch.
-        embeddings = await self.embeddings.embeddings(items, serve.get_multiplexed_model_id())
+        embeddings = await self.embeddings.embeddings(items)
         return await asyncio.to_thread(predictor.segment_points, items, embeddings)
 
     async def track_video(self, data: bytes, request: TrackRequest) -> AsyncIterator[TrackedFrame]:

@@ -113,6 +113,7 @@ class PointsItem:
     box: list[float] | None = None
     multimask: bool = False
     mask_logit_threshold: float = 0.0  # the replica keeps each mask where it can pass it
+    image_key: str = ""  # serving.embedding_cache.image_key of `image`; "" when the cache is off
 
 
 # The tracker's feature maps of one image, (1, C, h, w) per level: what `Sam3TrackerModel.forward`

@@ -3,6 +3,7 @@ the replica that holds it), results equal uncached ones, the cache stays within 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -14,8 +15,12 @@ import pytest
 from PIL import Image
 
 import reference as ref_impl
+import yaml
+
 from compare import assert_matches_reference
-from conftest import TEST_EMBEDDING_CACHE_MB
+from conftest import TEST_EMBEDDING_CACHE_MB, one_model_replica
+from sdk import AsyncClient
+from service_process import service_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +105,31 @@ def test_clicks_go_to_the_replica_holding_the_embedding(tmp_path, tiny_model):
     on = json.loads(out.read_text())["cache_on"]
     assert on["clicks"] == 3 * on["images"] == 6
     assert on["images_encoded"] == on["images"], done.stdout
+
+
+def test_concurrent_clicks_on_different_images_through_two_replicas_get_each_its_own_image(tmp_path, tiny_model,
+                                                                                           reference):
+    """Clicks on four images at once, three each, through two SAM3 replicas whose batch window
+    gathers them: Serve may put several images in one batch, and each answer must still be its
+    own image's (compared with transformers encoding that image for that click alone).  Mixing up
+    embeddings would answer with another image's masks."""
+    from serving.runner import default_config_path
+
+    raw = yaml.safe_load(default_config_path().read_text())
+    app = raw["applications"][0]
+    app["args"].update(model=tiny_model, embedding_cache_mb=2, batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.3})
+    one_model_replica(app, num_replicas=2)
+    config = tmp_path / "two_replicas.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    images = [fresh_image(10 + n) for n in range(4)]
+    clicks = [((20 + 10 * k, 30 + 5 * k), image) for k in range(3) for image in range(len(images))]
+
+    async def click_all(url: str):
+        async with AsyncClient(url) as client:
+            return await asyncio.gather(*(client.segment_points(images[i], [list(xy)]) for xy, i in clicks))
+
+    with service_process(config, tmp_path / "service.log") as running:
+        served = asyncio.run(click_all(running.url))
+    for answer, (xy, i) in zip(served, clicks, strict=True):
+        expected = ref_impl.segment_points(reference, images[i], points=[list(xy)], labels=[1])
+        assert_matches_reference(answer, expected, pair_by_box=False)
