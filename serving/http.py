@@ -68,21 +68,59 @@ def _too_large_message(size: int, limit: int) -> str:
     return f"request body is {size} bytes or more; the limit is {limit} bytes"
 
 
+# JSON separators and openers a request may hold beyond its lists and prompts: the scalar
+# parameters, tiling, a box, two data URLs (one comma each).  Generous: it only has to stay far
+# below what would cost the ingress anything to parse.
+FIXED_JSON_VALUES = 256
+
+
+def json_value_budget(limits: Limits) -> int:
+    """The most commas, braces and brackets the parameters of an admissible request can hold: a
+    point or an exemplar is fewer than 8, and a prompt's text holds at most `max_prompt_chars` of
+    them (base64 holds none)."""
+    return (
+        8 * (limits.max_points + limits.max_exemplars)
+        + limits.max_prompts * (limits.max_prompt_chars + 2)
+        + (FIXED_JSON_VALUES)
+    )
+
+
+def check_json_values(raw: bytes, limits: Limits) -> None:
+    """Refuse parameters holding more values than the limits admit before they are parsed.
+
+    max_points and the like are checked on the parsed request, but parsing is what an attacker's
+    list costs: 32 MB of points takes pydantic 9 s and 1.7 GB on the ingress, blocking its event
+    loop, only to be refused for having more than 32.  Counting separators is a C loop over the
+    bytes (about 10 ms for 32 MB) and bounds the parse whatever the encoding of the request."""
+    values = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+    budget = json_value_budget(limits)
+    if values > budget:
+        raise ServiceError(
+            413,
+            "params_too_large",
+            f"the request's parameters hold {values} JSON values or more; the limits (max_points, max_exemplars, "
+            f"max_prompts, max_prompt_chars) admit at most {budget}",
+            "params",
+        )
+
+
 def image_parts(json_model: type[BaseModel]) -> tuple[str, ...]:
     """The image fields of a request model, `image` (required) first."""
     return tuple(name for name in IMAGE_PARTS if name in json_model.model_fields)
 
 
 async def read_image_request(
-    request: Request, json_model: type[BaseModel], params_model: type[P]
+    request: Request, json_model: type[BaseModel], params_model: type[P], limits: Limits
 ) -> tuple[dict[str, bytes], P]:
     """({part: image bytes}, validated parameters) from a JSON body (base64 images) or a
     multipart form (image files + `params` JSON field)."""
     parts = image_parts(json_model)
     content_type = _content_type(request)
     if content_type == JSON:
+        body = await request.body()
+        check_json_values(body, limits)
         try:
-            payload = json_model.model_validate_json(await request.body())
+            payload = json_model.model_validate_json(body)
         except ValidationError as exc:
             raise validation_error(exc) from None
         params = params_model.model_validate(payload.model_dump(exclude=set(parts)))
@@ -91,7 +129,7 @@ async def read_image_request(
         }
         return images, params
     if content_type == MULTIPART:
-        return await _read_form(request, parts, params_model)
+        return await _read_form(request, parts, params_model, limits)
     raise ServiceError(
         415,
         "unsupported_media_type",
@@ -99,7 +137,7 @@ async def read_image_request(
     )
 
 
-async def read_video_request(request: Request, params_model: type[P]) -> tuple[bytes, P]:
+async def read_video_request(request: Request, params_model: type[P], limits: Limits) -> tuple[bytes, P]:
     """(video bytes, validated parameters) from a multipart form (`video` file + `params` JSON
     field); no base64 JSON form, which would inflate a large upload by a third."""
     content_type = _content_type(request)
@@ -109,7 +147,7 @@ async def read_video_request(request: Request, params_model: type[P]) -> tuple[b
             "unsupported_media_type",
             f"content type {content_type or '(none)'!r} is not supported; send {MULTIPART}",
         )
-    files, params = await _read_form(request, ("video",), params_model)
+    files, params = await _read_form(request, ("video",), params_model, limits)
     return files["video"], params
 
 
@@ -117,7 +155,9 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _read_form(request: Request, parts: tuple[str, ...], params_model: type[P]) -> tuple[dict[str, bytes], P]:
+async def _read_form(
+    request: Request, parts: tuple[str, ...], params_model: type[P], limits: Limits
+) -> tuple[dict[str, bytes], P]:
     """({part: file bytes}, parameters) of a multipart form; the first of `parts` is required."""
     try:
         form = await request.form(max_files=len(parts), max_fields=4)
@@ -133,8 +173,10 @@ async def _read_form(request: Request, parts: tuple[str, ...], params_model: typ
     unknown = set(form.keys()) - {*parts, "params"}
     if unknown:
         raise ServiceError(422, "invalid_request", f"unknown form fields: {sorted(unknown)}", sorted(unknown)[0])
+    raw = str(form.get("params") or "{}").encode()
+    check_json_values(raw, limits)
     try:
-        params = params_model.model_validate_json(str(form.get("params") or "{}"))
+        params = params_model.model_validate_json(raw)
     except ValidationError as exc:
         raise validation_error(exc, prefix="params.") from None
     return files, params

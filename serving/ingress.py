@@ -130,7 +130,7 @@ class Ingress:
         input) run in one of `concurrent_decodes` slots, so that however many requests are in
         flight this replica holds at most that many decoded photos (36 MB each at 12 MP, and
         their resize buffers); requests waiting for a slot hold only their upload."""
-        data, params = await read_image_request(request, json_model, params_model)
+        data, params = await read_image_request(request, json_model, params_model, self.config.limits)
         check_prompt_limits(self.config.limits, params)
         async with self.decode_slots:
             return await run_in_threadpool(self._decode_and_prepare, data, params, times, prepare), params
@@ -286,7 +286,7 @@ class Ingress:
     async def track_video(self, request: Request) -> StreamingResponse:
         """Multipart: `video` file + `params` JSON (TrackParams).  Everything that can be checked before
         tracking starts is, so a bad request gets a 4xx status instead of a failed stream."""
-        data, params = await read_video_request(request, TrackParams)
+        data, params = await read_video_request(request, TrackParams, self.config.limits)
         check_prompt_limits(self.config.limits, params)
         video = await run_in_threadpool(probe_video, data, self.config.limits)
         if params.frame >= video.frames:

@@ -14,6 +14,8 @@ from PIL import Image
 
 from conftest import TEST_LIMITS
 from sdk import APIError
+from sdk.schema import Limits, PointsRequest, SegmentRequest
+from serving.http import check_json_values, json_value_budget
 
 
 def png(width=64, height=48, mode="RGB") -> bytes:
@@ -125,6 +127,39 @@ def test_non_finite_numbers_are_refused_with_the_field_named(service, path, body
 def test_too_many_points(service):
     points = [{"x": 1, "y": 1}] * (TEST_LIMITS["max_points"] + 1)
     assert_error(post_json(service, "/v1/segment/points", image=b64(png()), points=points), 422, "too_many_points")
+
+
+def test_a_list_far_over_its_limit_is_refused_before_it_is_parsed(service):
+    """A body of points up to the payload limit: counted in its bytes and refused, not parsed into
+    a million objects (seconds and gigabytes on the ingress's event loop) to be refused after."""
+    point = {"x": 1, "y": 1}
+    in_json = [point] * ((TEST_LIMITS["max_payload_bytes"] - 1000) // len(json.dumps(point)))
+    r = post_json(service, "/v1/segment/points", image=b64(png()), points=in_json)
+    assert_error(r, 413, "params_too_large", field="params", says="admit at most")
+    in_form = in_json[: 900_000 // len(json.dumps(point))]  # starlette's limit on a form field: 1 MB
+    r = post_multipart(service, png(), {"points": in_form}, "/v1/segment/points")
+    assert_error(r, 413, "params_too_large", field="params")
+
+
+@pytest.mark.parametrize("limits", [Limits(), Limits.model_validate(TEST_LIMITS)], ids=["default", "test"])
+def test_requests_at_every_limit_fit_the_value_budget(limits):
+    """The separator count never refuses what the limits admit: every list full, every prompt
+    made of nothing but separators, tiling and two data URLs."""
+    text = ",{[" * (limits.max_prompt_chars // 3)
+    box = {"x1": 1.5, "y1": 1.5, "x2": 5.5, "y2": 5.5}
+    half = limits.max_exemplars // 2
+    common = {"image": "data:image/png;base64,AAAA", "threshold": 0.3, "mask_format": "polygon"}
+    prompts = SegmentRequest(**common, tiling={"tile_size": 512, "overlap": 64}, prompts=[text] * (limits.max_prompts // 2),
+                             negative_prompts=[text] * (limits.max_prompts - limits.max_prompts // 2))
+    exemplars = SegmentRequest(**common, prompt=text, negative_prompts=[text] * (limits.max_prompts - 1),
+                               reference_image="data:image/png;base64,AAAA", exemplars=[{"box": box}] * half,
+                               reference_exemplars=[{"box": box, "label": "negative"}] * (limits.max_exemplars - half))
+    points = PointsRequest(image="AAAA", points=[{"x": 1.5, "y": 2.5, "label": "negative"}] * limits.max_points, box=box,
+                           multimask=True)
+    for request in (prompts, exemplars, points):
+        raw = request.model_dump_json().encode()
+        check_json_values(raw, limits)  # does not raise
+        assert raw.count(b",") + raw.count(b"{") + raw.count(b"[") < json_value_budget(limits)
 
 
 def test_image_over_pixel_limit_is_refused_before_decoding(service):
