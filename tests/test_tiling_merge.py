@@ -111,3 +111,50 @@ def test_the_sweep_finds_exactly_the_overlapping_boxes(tall, monkeypatch):
         }
         assert found == expected
         assert len(found) == len(list(tiling._overlapping(boxes, tall=tall))), "each pair once"
+
+
+# --- the whole-image pass joins what the tiles found, never glues what they kept apart --------
+
+# 2000x1000 in tiles of 1008 overlapping by 200: tiles at x = 0, 496 and 992, and the whole image.
+WIDE = plan(2000, 1000, Tiling(tile_size=1008, overlap=200))
+ADJACENT = {
+    # Both inside tile 0 only, 2 px apart.
+    "inside a tile": [(100, 100, 160, 160), (162, 100, 222, 160)],
+    # Across tile 0's right border (x = 1008) and tile 2's left one (x = 992), 2 px apart: each
+    # tile holds a whole square and a sliver of the other.
+    "across tile borders": [(940, 300, 1000, 360), (1002, 300, 1062, 360)],
+}
+
+
+@pytest.mark.parametrize("merge_iou", [0.3, 0.5])
+@pytest.mark.parametrize("where", ADJACENT)
+def test_a_coarse_whole_image_blob_does_not_glue_two_objects_the_tiles_kept_apart(where, merge_iou):
+    """The whole-image pass, seeing the photo shrunk, finds one blob over two neighbours that the
+    tiles, at full resolution, found as two: the result is the two, each with its tile mask.  The
+    merge used to join the blob to each tile part it overlapped and so the two parts with each
+    other (one instance), or keep the blob as a third instance where it matched neither."""
+    objects = ADJACENT[where]
+    blob = (objects[0][0], objects[0][1], objects[1][2], objects[1][3])
+    per_window = seen_by_tiles(WIDE, objects, coarse=[blob])
+    assert len(per_window[-1]) == 1 and sum(len(f) for f in per_window[:-1]) >= 2
+
+    merged = merge_tiles(per_window, WIDE, merge_iou)
+
+    assert sorted(as_rect(f) for f in merged) == sorted(objects)
+
+
+def test_the_whole_image_pass_still_joins_parts_no_tile_saw_together():
+    """What the whole-image pass is for: a bar longer than a tile whose middle the tile there
+    missed (a model can miss an object it sees only a featureless part of) comes back as one
+    instance, its parts from the tiles at each end joined by the whole-image mask, which also
+    fills the gap.  No tile saw the two parts apart, so joining them glues nothing.  An object only
+    the whole-image pass found is kept as it is."""
+    windows = plan(3000, 1000, Tiling(tile_size=1008, overlap=200))  # tiles at x = 0, 664, 1328, 1992
+    bar, lone = (500, 400, 1800, 420), (2500, 100, 2700, 300)
+    per_window = seen_by_tiles(windows, [bar], coarse=[bar, lone])
+    per_window[1] = []  # the tile at x = 664 missed the bar
+    assert [len(f) for f in per_window] == [1, 0, 1, 0, 2]
+
+    merged = merge_tiles(per_window, windows, merge_iou=0.5)
+
+    assert sorted(as_rect(f) for f in merged) == [bar, lone]
