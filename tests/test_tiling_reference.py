@@ -150,6 +150,24 @@ def test_objects_cut_by_tile_borders_are_merged_not_duplicated(large_scene, proc
     assert {f.label for f in tiled} == {"red"}
 
 
+def test_neighbours_the_whole_image_pass_sees_as_one_blob_stay_two(processor):
+    """Two red squares 1 px apart where tiles meet, the pixel column between them dark red: each
+    tile sees them apart (one whole, a sliver of the other); the whole-image pass, seeing the photo
+    shrunk 2x, sees one blob over both (half the seam and half red is red).  The tiles, at full
+    resolution, are right: two instances, each its own square.  The merge used to join the blob
+    to the whole square in each of two tiles, and so the two squares into one instance."""
+    image = np.full((1000, 2000, 3), BACKGROUND, np.uint8)
+    first, _, last = plan(2000, 1000, TILING)[:-1]  # at x = 0, 496 and 992
+    assert (first.x1, last.x0) == (1008, 992)
+    squares = [paint(image, (940, 300, 1000, 360), "red"), paint(image, (1001, 300, 1061, 360), "red")]
+    image[300:360, 1000] = (170, 30, 30)  # 50 from red: not red; averaged with red, red
+    whole = run(image, SegmentParams(prompt="red"), processor)
+    assert len(whole) == 1 and iou(whole[0], (940, 300, 1061, 360)) > 0.9, "one blob over both"
+    tiled = run(image, SegmentParams(prompt="red", tiling=TILING), processor)
+    assert matches(tiled, squares, 0.95) == [1, 1]
+    assert len(tiled) == 2
+
+
 def test_without_the_whole_image_pass_the_tiles_alone_assemble_large_objects(large_scene, processor):
     image, small, cut, big = large_scene
     tiles_only = run(image, SegmentParams(prompt="red", tiling=TILING.model_copy(update={"full_image": False})), processor)
