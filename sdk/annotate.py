@@ -9,6 +9,7 @@ Output folder layout (FILE is the image's path relative to the source folder):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -18,16 +19,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
+from pydantic import ValidationError as PydanticValidationError
 
 from sdk.calls import points_params, segment_params
 from sdk.client import Client
-from sdk.coco import CocoBuilder
+from sdk.coco import CocoBuilder, CocoImage
+from sdk.errors import APIError, ConnectionError, TimeoutError
+from sdk.images import image_bytes
 from sdk.manifest import Fingerprint, Manifest, write_atomic
 from sdk.results import Result
+from sdk.schema import PointsParams, SegmentParams
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 COCO_NAME = "annotations.coco.json"
 Format = Literal["png", "coco", "both"]
+# --watch tries an image that failed transiently again on later rounds, up to this many attempts
+# in all (of this version of the file; each attempt already retried by the client, with backoff).
+WATCH_ATTEMPTS = 5
+# --watch rewrites the COCO file (all of it) at most once per this many times the last rewrite
+# took, so that a long watch does not spend its time rewriting it; it is always written at the end.
+COCO_REWRITE_SPACING = 10
+
+
+def transient(error: Exception) -> bool:
+    """Worth trying again later: the service was overloaded, lost a replica, was unreachable or
+    did not answer in time.  Not when it refused the request or the image (4xx but 429)."""
+    if isinstance(error, APIError):
+        return error.status == 429 or error.status >= 500
+    return isinstance(error, (ConnectionError, TimeoutError))
 
 
 @dataclass(frozen=True)
@@ -38,11 +57,25 @@ class AnnotationRequest:
     params: dict[str, Any]
 
     def validate(self) -> dict[str, Any]:
-        """The request as the service will see it (raises sdk.ValidationError when malformed)."""
+        """The parameters as the SDK sends them: those that differ from the schema's defaults
+        (raises sdk.ValidationError when malformed).
+
+        Defaults left out, the run header of a folder says what the user chose and nothing more:
+        a field added to the schema later (with a default) leaves it unchanged, so runs started
+        before it still resume, and equal headers still mean identical requests.  (Not pydantic's
+        exclude_unset: `segment_params` sets every field, defaults included.)
+        """
         build = segment_params if self.endpoint == "segment" else points_params
         # The reference image travels as a file part beside the parameters.
         params = {k: v for k, v in self.params.items() if k != "reference_image"}
-        return build(**params).model_dump(mode="json")
+        return build(**params).model_dump(mode="json", exclude_defaults=True)
+
+    def same_form(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters from a run header of any version (with every default, or lacking fields
+        added since) as `validate` gives them now; raises pydantic's ValidationError if they
+        are not parameters of this endpoint."""
+        model = SegmentParams if self.endpoint == "segment" else PointsParams
+        return model.model_validate(params).model_dump(mode="json", exclude_defaults=True)
 
     def categories(self) -> list[str]:
         """COCO categories in a fixed order: the prompts (the labels the service gives its instances)."""
@@ -107,23 +140,46 @@ class FolderAnnotator:
         self.concurrency, self.progress = concurrency, progress
         self.info = client.info()
         run = {"request": request.endpoint, "params": request.validate(), "model": self.info.model}
-        self.manifest = Manifest(out, run)
+        self.params = dict(request.params)
+        if self.params.get("reference_image") is not None:
+            # Read once and vouched for by its hash in the header: a run resumed with another
+            # reference image is refused, and a file changed mid-run changes nothing.
+            self.params["reference_image"] = image_bytes(self.params["reference_image"])
+            run["reference_image_sha256"] = hashlib.sha256(self.params["reference_image"]).hexdigest()
+        self.manifest = Manifest(out, run, self._same_form)
         self.summary = Summary()
+        self._coco: dict[str, CocoImage] = {}  # each result converted once, by file
+        self._coco_stale = True  # the COCO file may not say what the manifest says
+        self._coco_due = 0.0  # time.monotonic() before which --watch does not rewrite it
+
+    def _same_form(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A run header written by any version, in this version's form (see AnnotationRequest.validate)."""
+        if stored.get("request") != self.request.endpoint or not isinstance(stored.get("params"), dict):
+            return stored
+        try:
+            return {**stored, "params": self.request.same_form(stored["params"])}
+        except PydanticValidationError:
+            return stored  # not a request this version can make: it differs
 
     def close(self) -> None:
         self.manifest.close()
 
     def pending(self, retry_failed: bool = True) -> tuple[list[SourceImage], int]:
-        """Images not finished yet (new or changed since), and how many are finished."""
+        """Images not finished yet (new or changed since), and how many are finished.
+
+        Images that failed are all tried again with `retry_failed` (a re-run); otherwise (a
+        --watch round) only those that failed transiently, fewer than WATCH_ATTEMPTS times.
+        """
         todo, finished = [], 0
         for file, path in find_images(self.src, exclude=self.out):
             try:
                 image = SourceImage(file, path, Fingerprint.of(path))
             except FileNotFoundError:  # deleted between listing and stat
                 continue
+            failure = self.manifest.failure(file, image.fingerprint)
             if self.manifest.is_done(file, image.fingerprint):
                 finished += 1
-            elif retry_failed or not self.manifest.failed_before(file, image.fingerprint):
+            elif retry_failed or failure is None or (failure.transient and failure.attempts < WATCH_ATTEMPTS):
                 todo.append(image)
         return todo, finished
 
@@ -138,15 +194,17 @@ class FolderAnnotator:
             concurrency=self.concurrency,
             progress=self.progress,
             ordered=False,
-            **self.request.params,
+            **self.params,
         ) as batch:
             for item in batch:
                 image = by_path[item.image]
                 if item.ok:
                     self._write(image, item.result)
                 else:
+                    assert item.error is not None
                     reason = str(item.error)
-                    self.manifest.record_failed(image.file, image.fingerprint, reason)
+                    self._coco_stale |= image.file in self.manifest.done  # an earlier version's result leaves it
+                    self.manifest.record_failed(image.file, image.fingerprint, reason, transient(item.error))
                     self.summary.failed[image.file] = reason
 
     def _write(self, image: SourceImage, result: Result) -> None:
@@ -157,6 +215,9 @@ class FolderAnnotator:
         # The result file goes last: once it exists, everything for this image does.
         write_atomic(self.result_path(image.file), result.model_dump_json().encode())
         self.manifest.record_done(image.file, image.fingerprint, len(result.instances))
+        if "coco" in self.formats:
+            self._coco[image.file] = CocoImage.of(image.file, result)
+            self._coco_stale = True
         self.summary.done += 1
         self.summary.failed.pop(image.file, None)
 
@@ -165,14 +226,24 @@ class FolderAnnotator:
 
     def write_coco(self) -> Path | None:
         """COCO file of every finished image, in file-name order, so that the same finished set
-        always gives the same file, however many runs it took."""
+        always gives the same file, however many runs it took.  Written only when it may differ
+        from the last one written; each result is converted once (when it arrives, or read back
+        from its file once for images finished by an earlier run)."""
         if "coco" not in self.formats:
             return None
+        path = self.out / COCO_NAME
+        if not self._coco_stale:
+            return path
+        started = time.monotonic()
         builder = CocoBuilder(self.request.categories())
         for file in sorted(self.manifest.done):
-            builder.add(file, Result.model_validate_json(self.result_path(file).read_bytes()))
-        path = self.out / COCO_NAME
+            if file not in self._coco:
+                result = Result.model_validate_json(self.result_path(file).read_bytes())
+                self._coco[file] = CocoImage.of(file, result)
+            builder.add_image(self._coco[file])
         write_atomic(path, json.dumps(builder.to_dict()).encode())
+        self._coco_stale = False
+        self._coco_due = time.monotonic() + COCO_REWRITE_SPACING * (time.monotonic() - started)
         return path
 
     def run(self) -> Summary:
@@ -186,14 +257,21 @@ class FolderAnnotator:
 
         Polling rather than OS file events: it works the same on network shares and every OS,
         and it sees a file only once its size and mtime held still for one interval, i.e. once
-        whoever is copying it in has finished.  Images that failed are retried only if changed.
+        whoever is copying it in has finished.  Images the service refused are retried only if
+        changed; those that failed transiently (overload, lost replica, unreachable service) on
+        later rounds, WATCH_ATTEMPTS attempts in all.  The COCO file is rewritten after a round
+        that changed what it says (but see COCO_REWRITE_SPACING), and at the end.
         """
         previous: dict[str, Fingerprint] = {}
-        while not stop():
-            time.sleep(interval_s)
-            candidates, _ = self.pending(retry_failed=False)
-            stable = [image for image in candidates if previous.get(image.file) == image.fingerprint]
-            previous = {image.file: image.fingerprint for image in candidates}
-            if stable:
-                self.annotate(stable)
-                self.write_coco()
+        try:
+            while not stop():
+                time.sleep(interval_s)
+                candidates, _ = self.pending(retry_failed=False)
+                stable = [image for image in candidates if previous.get(image.file) == image.fingerprint]
+                previous = {image.file: image.fingerprint for image in candidates}
+                if stable:
+                    self.annotate(stable)
+                if time.monotonic() >= self._coco_due:
+                    self.write_coco()
+        finally:
+            self.write_coco()

@@ -23,6 +23,9 @@ from sdk.errors import ConnectionError
 # whatever `call` takes in `run_batch`.
 T = TypeVar("T")
 
+# How far the workers may run ahead of the next item to deliver, per unit of concurrency.
+AHEAD_PER_WORKER = 4
+
 
 @dataclass
 class BatchItem(Generic[T]):
@@ -49,22 +52,47 @@ async def run_batch(
     """Yield a BatchItem per image, in input order (`ordered`) or as each finishes.
 
     At most `concurrency` calls are in flight, and `images` is consumed lazily, so a generator
-    over millions of paths is fine.  An error from one image (bad file, 4xx, timeout) is
-    recorded on its item and the batch goes on; `ConnectionError` (the service is unreachable
-    even after the client's retries) ends the batch, since every later image would fail too.
+    over millions of paths is fine.  No image is started more than `AHEAD_PER_WORKER *
+    concurrency` places after the next item to deliver, so the items held back (behind one slow
+    image when `ordered`, or not consumed yet) stay bounded.  An error from one image (bad file,
+    4xx, timeout) is recorded on its item and the batch goes on; `ConnectionError` (the service
+    is unreachable even after the client's retries) ends the batch, since every later image
+    would fail too.  An error raised by `images` itself ends the batch too: the items taken
+    before it are delivered, then it is raised.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     total = len(images) if isinstance(images, Sized) else None
     source = enumerate(images)
+    source_error: list[Exception] = []  # what iterating `images` raised: it ends the batch
+    # A slot per item started and not yet delivered: taken before an image is, given back as its
+    # item is yielded.
+    window = asyncio.Semaphore(AHEAD_PER_WORKER * concurrency)
     done: asyncio.Queue[BatchItem[T] | BaseException | None] = asyncio.Queue()
+
+    def take() -> tuple[int, T] | None:
+        """The next image, or None once there is none: `images` ran out or raised."""
+        if source_error:
+            return None
+        try:
+            return next(source)  # workers share one iterator: each image is taken once
+        except StopIteration:
+            return None
+        except Exception as exc:  # noqa: BLE001 - the caller's error: raised to the caller once delivered
+            source_error.append(exc)
+            return None
 
     async def worker() -> None:
         try:
-            for index, image in source:  # workers share one iterator: each image is taken once
-                item = BatchItem(index, image)
+            while True:
+                await window.acquire()
+                taken = take()
+                if taken is None:
+                    window.release()
+                    return
+                item = BatchItem(*taken)
                 try:
-                    item.result = await call(image)
+                    item.result = await call(item.image)
                 except ConnectionError as exc:
                     done.put_nowait(exc)
                     return
@@ -73,6 +101,10 @@ async def run_batch(
                 done.put_nowait(item)
         finally:
             done.put_nowait(None)  # this worker has stopped
+
+    def deliver(item: BatchItem[T]) -> BatchItem[T]:
+        window.release()
+        return item
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     bar = tqdm(total=total, disable=not progress, unit="img", desc="samfleet")
@@ -90,12 +122,14 @@ async def run_batch(
             bar.update(1)
             bar.set_postfix(failed=failed, refresh=False)
             if not ordered:
-                yield item
+                yield deliver(item)
                 continue
             waiting[item.index] = item
             while next_index in waiting:
-                yield waiting.pop(next_index)
+                yield deliver(waiting.pop(next_index))
                 next_index += 1
+        if source_error:  # every worker has stopped, so every item taken before it was delivered
+            raise source_error[0]
     finally:
         for task in workers:
             task.cancel()

@@ -14,7 +14,7 @@ from pathlib import Path
 from sdk.annotate import AnnotationRequest, FolderAnnotator
 from sdk.client import Client
 from sdk.errors import ConnectionError, SamfleetError
-from sdk.manifest import ManifestMismatch
+from sdk.manifest import ManifestMismatch, OutputBusy
 
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "ray", "transformers", "yaml", "safetensors", "fastapi"), "serve"),
@@ -326,7 +326,7 @@ def _request(args) -> AnnotationRequest:
     # One prompt stays a string, so a run started before prompts could be repeated still resumes.
     prompt = args.prompt[0] if len(args.prompt) == 1 else args.prompt or None
     params = {"prompt": prompt, "exemplars": args.exemplar, "negative": args.negative, "threshold": args.threshold}
-    # Options added later are recorded only when used, so runs started before them still resume.
+    # Options added later are passed only when used (the run header leaves defaults out anyway).
     if args.negative_prompt:
         params["negative_prompts"] = args.negative_prompt
     if args.reference_image:
@@ -348,7 +348,7 @@ def cmd_annotate(args) -> int:
             annotator = FolderAnnotator(
                 client, args.src, args.out, request, args.format, args.concurrency, progress=not args.no_progress
             )
-        except (SamfleetError, ManifestMismatch) as exc:
+        except (SamfleetError, ManifestMismatch, OutputBusy, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if annotator.info.tiny_random_model:
@@ -360,13 +360,12 @@ def cmd_annotate(args) -> int:
                 annotator.watch(args.interval)
         except KeyboardInterrupt:
             interrupted = True
+            annotator.write_coco()  # whatever finished, so --watch's output is complete when stopped
         except ConnectionError as exc:
             print(f"error: {exc}\nfinished images are kept; run the same command again to resume", file=sys.stderr)
             return 1
         finally:
             annotator.close()
-    if interrupted:
-        annotator.write_coco()  # whatever finished, so --watch's output is complete when stopped
     print(annotator.summary.report())
     print(f"results in {args.out}/")
     if interrupted and not args.watch:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,14 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+import sdk.annotate
+import sdk.coco
 from compare import assert_results_match
 from conftest import wait_for
-from flaky_proxy import FrontDoor
-from sdk.manifest import MANIFEST_NAME, Fingerprint, Manifest, ManifestMismatch
+from flaky_proxy import FlakyProxy, FrontDoor
+from sdk.annotate import COCO_NAME, WATCH_ATTEMPTS, AnnotationRequest, FolderAnnotator
+from sdk.calls import segment_params
+from sdk.manifest import MANIFEST_NAME, Fingerprint, Manifest, ManifestMismatch, OutputBusy, write_atomic
 from sdk.results import Result
 from sdk.transport import Settings
 
@@ -328,3 +333,190 @@ def test_manifest_ignores_a_line_cut_short_by_a_kill(tmp_path):
     assert Manifest(tmp_path, run_spec).is_done("b.jpg", Fingerprint(5, 6))
     with pytest.raises(ManifestMismatch):
         Manifest(tmp_path, {**run_spec, "params": {"prompt": "y"}})
+
+
+def failed_records(out: Path, file: str) -> list[dict]:
+    return [r for r in manifest_records(out) if r["file"] == file and r["status"] == "failed"]
+
+
+def rewrite_header(out: Path, run: dict) -> None:
+    lines = (out / MANIFEST_NAME).read_text().splitlines(keepends=True)
+    (out / MANIFEST_NAME).write_text(json.dumps({"run": run}, sort_keys=True) + "\n" + "".join(lines[1:]))
+
+
+def test_a_run_started_by_an_older_version_resumes(service, tmp_path):
+    """A header written before a schema field existed (here: every parameter, defaults included,
+    but negative_containment, as a version without it wrote) resumes; a changed parameter does not."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    files = [p.relative_to(src).as_posix() for p in write_images(src, 3)]
+    first = run(annotate(service, src, "--out", out, *PROMPT, "--no-progress"))
+    assert first.returncode == 0, first.stderr
+    run_spec = json.loads((out / MANIFEST_NAME).read_text().splitlines()[0])["run"]
+    older = segment_params("thing", threshold=0.0).model_dump(mode="json")
+    del older["negative_containment"]
+    rewrite_header(out, {**run_spec, "params": older})
+    again = run(annotate(service, src, "--out", out, *PROMPT, "--no-progress"))
+    assert again.returncode == 0, again.stderr
+    assert f"done 0, skipped {len(files)}" in again.stdout
+    changed = run(annotate(service, src, "--out", out, "--prompt", "thing", "--threshold", "0.3"))
+    assert changed.returncode == 2
+    assert "holds results of another run: params.threshold was 0.0, now 0.3" in changed.stderr, changed.stderr
+
+
+def test_another_reference_image_refuses_resuming(service, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(src, 2)
+    reference = write_images(tmp_path / "ref", 1, seed=9)[0]
+    cmd = annotate(service, src, "--out", out, "--reference-image", reference, "--reference-box", "5,5,30,30",
+                   "--no-progress")
+    assert run(cmd).returncode == 0
+    assert "done 0, skipped 2" in run(cmd).stdout  # the same reference image resumes
+    write_images(tmp_path / "ref", 1, seed=10)  # another picture under the same name
+    other = run(cmd)
+    assert other.returncode == 2, other.stdout
+    assert "holds results of another run: reference_image_sha256 was" in other.stderr, other.stderr
+
+
+def test_a_second_run_on_the_same_output_folder_fails_fast(service, tmp_path):
+    """While one run writes to --out (here a --watch that never ends), another is refused at
+    once; the lock dies with its process, even a SIGKILLed one."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(src, 2)
+    cmd = annotate(service, src, "--out", out, *PROMPT, "--no-progress")
+    first = subprocess.Popen([*cmd, "--watch", "--interval", "0.2"], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(done_files(out)) == 2, 60, "the first run's images", interval_s=0.1)
+        started = time.monotonic()
+        second = run(cmd, timeout=60)
+        assert second.returncode == 2, second.stdout
+        assert f"another samfleet annotate is writing to {out}" in second.stderr, second.stderr
+        assert time.monotonic() - started < 30
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    after = run(cmd)
+    assert after.returncode == 0 and "done 0, skipped 2" in after.stdout, after.stderr
+
+
+def test_manifest_locks_its_folder_and_temp_files_are_unique(tmp_path):
+    run_spec = {"request": "segment", "params": {"prompt": "x"}, "model": "m"}
+    holder = Manifest(tmp_path, run_spec)
+    with pytest.raises(OutputBusy, match=f"another samfleet annotate is writing to {tmp_path}"):
+        Manifest(tmp_path, run_spec)
+    holder.close()
+    Manifest(tmp_path, run_spec).close()  # released with the holder
+    # Another writer's half-written file of the same path is not written into nor renamed away.
+    theirs = tmp_path / ".result.json.partial"
+    theirs.write_bytes(b"another writer, midway")
+    write_atomic(tmp_path / "result.json", b"mine")
+    assert (tmp_path / "result.json").read_bytes() == b"mine"
+    assert theirs.read_bytes() == b"another writer, midway"
+    assert [p.name for p in tmp_path.glob("*.partial")] == [theirs.name]  # and mine is gone
+
+
+def watching(service_url: str, src: Path, out: Path) -> subprocess.Popen:
+    cmd = annotate(service_url, src, "--out", out, *PROMPT, "--concurrency", "1", "--no-progress", "--watch",
+                   "--interval", "0.2")
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# The client tries a call 1 + max_retries times before an image fails (Retry-After: 0, so at once).
+CALLS_PER_ATTEMPT = 1 + Settings().retry.max_retries
+
+
+def test_watch_retries_images_that_failed_transiently_not_refused_ones(service, tmp_path):
+    """Sequential (concurrency 1, files in name order): /v1/info, a_broken (422, refused), then
+    b_flaky answered 503 on every retry of its first two attempts (the first run's, the first
+    watch round's), forwarded on its third."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(src / "b_flaky.png")
+    (src / "a_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off here")
+    script = ["forward", "forward"] + [503] * (2 * CALLS_PER_ATTEMPT)
+    with FlakyProxy(service, script, retry_after="0") as proxy:
+        watcher = watching(proxy.url, src, out)
+        try:
+            wait_for(lambda: "b_flaky.png" in done_files(out), 60, "b_flaky.png, retried by --watch", interval_s=0.1)
+            time.sleep(2)  # ten more rounds
+            watcher.send_signal(signal.SIGTERM)
+            stdout, stderr = watcher.communicate(timeout=60)
+        finally:
+            watcher.kill()
+    assert not proxy.script
+    flaky = failed_records(out, "b_flaky.png")
+    assert len(flaky) == 2 and all(r["transient"] and "HTTP 503" in r["error"] for r in flaky), flaky
+    broken = failed_records(out, "a_broken.jpg")
+    assert len(broken) == 1 and not broken[0]["transient"] and "HTTP 422" in broken[0]["error"], broken
+    assert "done 1" in stdout and "failed 1" in stdout, (stdout, stderr)
+
+
+def test_watch_retries_a_transient_failure_a_bounded_number_of_times(service, tmp_path):
+    """Every attempt of the first WATCH_ATTEMPTS fails 503; the next would succeed, but is not made."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(src, 1)
+    script = ["forward"] + [503] * (WATCH_ATTEMPTS * CALLS_PER_ATTEMPT)
+    with FlakyProxy(service, script, retry_after="0") as proxy:
+        watcher = watching(proxy.url, src, out)
+        try:
+            wait_for(lambda: len(manifest_records(out)) == WATCH_ATTEMPTS, 60, "every attempt", interval_s=0.1)
+            time.sleep(2)  # ten more rounds
+            watcher.send_signal(signal.SIGTERM)
+            stdout, stderr = watcher.communicate(timeout=60)
+        finally:
+            watcher.kill()
+    assert not proxy.script and len(proxy.calls) == 1 + WATCH_ATTEMPTS * CALLS_PER_ATTEMPT
+    assert [r["status"] for r in manifest_records(out)] == ["failed"] * WATCH_ATTEMPTS
+    assert "done 0" in stdout and "failed 1" in stdout, (stdout, stderr)
+
+
+def test_watch_rewrites_coco_only_for_new_results_and_converts_each_once(client, tmp_path, monkeypatch):
+    """In-process: rounds that add results rewrite the COCO file, a round whose only image fails
+    does not, each result is converted to COCO once in all, and the file at the end is the one a
+    run from scratch over the same results writes."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(src, 2)
+    request = AnnotationRequest("segment", {"prompt": "thing", "threshold": 0.0})
+    annotator = FolderAnnotator(client, src, out, request, progress=False)
+    conversions, coco_writes = [], []
+    rle_of, write = sdk.coco.rle_of, sdk.annotate.write_atomic
+    monkeypatch.setattr(sdk.coco, "rle_of", lambda mask: conversions.append(1) or rle_of(mask))
+
+    def recording_write(path: Path, data: bytes) -> None:
+        if path.name == COCO_NAME:
+            coco_writes.append(sorted(annotator.manifest.done))
+        write(path, data)
+
+    monkeypatch.setattr(sdk.annotate, "write_atomic", recording_write)
+    rounds = [
+        lambda: write_images(src, 2, seed=1, start=10),
+        lambda: None,
+        lambda: (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off here"),
+        lambda: None, lambda: None, lambda: None,
+    ]
+
+    def stop() -> bool:
+        if not rounds:
+            return True
+        rounds.pop(0)()
+        return False
+
+    try:
+        annotator.run()
+        annotator.watch(interval_s=0.05, stop=stop)
+    finally:
+        annotator.close()
+    assert len(annotator.manifest.done) == 4 and "broken.jpg" in annotator.manifest.failed
+    assert coco_writes[0] == sorted(annotator.manifest.done)[:2] and coco_writes[-1] == sorted(annotator.manifest.done)
+    assert all(a != b for a, b in zip(coco_writes, coco_writes[1:])), f"rewritten with nothing new: {coco_writes}"
+    instances = sum(len(result.instances) for result in load_results(out).values())
+    assert instances and len(conversions) == instances, "a result converted to COCO more than once"
+    watched = (out / COCO_NAME).read_bytes()
+    monkeypatch.undo()
+    (out / COCO_NAME).unlink()
+    again = FolderAnnotator(client, src, out, request, progress=False)
+    try:
+        again.run()
+    finally:
+        again.close()
+    assert (out / COCO_NAME).read_bytes() == watched

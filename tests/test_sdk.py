@@ -143,6 +143,20 @@ def test_segment_points_many_and_early_close(client, images):
     assert first.index == 0 and first.ok
 
 
+def test_segment_many_raises_what_the_callers_iterator_raises(client, images):
+    """An error from the caller's own iterable is not a quietly shorter batch."""
+
+    def two_then_raise():
+        yield from (Image.fromarray(image) for image in images[:2])
+        raise OSError("the caller's listing failed")
+
+    delivered = []
+    with pytest.raises(OSError, match="listing failed"):
+        for item in client.segment_many(two_then_raise(), prompt="cat", concurrency=4, progress=False):
+            delivered.append(item)
+    assert [item.index for item in delivered] == [0, 1] and all(item.ok for item in delivered)
+
+
 def test_bad_parameters_fail_before_sending(client):
     with pytest.raises(ValidationError, match="x2 > x1"):
         client.segment(SAMPLE, exemplars=[[50, 50, 10, 10]])
