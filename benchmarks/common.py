@@ -1,9 +1,11 @@
 """What every benchmark needs: the repo on sys.path, a free loopback port, the model to measure,
-and a samfleet service started in this process (embedded Ray) for the length of a `with`."""
+photos of camera sizes, and a samfleet service started in this process (embedded Ray) for the
+length of a `with`."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import sys
@@ -16,6 +18,21 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 SAMPLES = sorted((REPO / "examples/images").glob("*.jpg"))
+PHOTO_SIZES = {1: (1152, 864), 12: (4000, 3000)}
+
+
+def photo(megapixels: int) -> bytes:
+    """A JPEG of about `megapixels` MP: the sample images side by side, upscaled, with noise."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = PHOTO_SIZES[megapixels]
+    strip = np.concatenate([np.asarray(Image.open(p).convert("RGB").resize((512, 512))) for p in SAMPLES], axis=1)
+    picture = np.asarray(Image.fromarray(strip).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    noisy = picture + np.random.default_rng(0).normal(0, 4, picture.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def free_port() -> int:

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import SAMPLES, model_or_tiny, running_service
+from common import PHOTO_SIZES, model_or_tiny, photo, running_service
 
 import httpx
 import numpy as np
@@ -49,18 +49,6 @@ from serving.output_double import build_output_double
 
 STAGES = ("read", "decode", "preprocess", "transfer", "postprocess", "encode", "json")
 WARMUP = 8
-PHOTO_SIZES = {1: (1152, 864), 12: (4000, 3000)}
-
-
-def photo(megapixels: int) -> bytes:
-    """A JPEG of about `megapixels` MP: the sample images side by side, upscaled, with noise."""
-    width, height = PHOTO_SIZES[megapixels]
-    strip = np.concatenate([np.asarray(Image.open(p).convert("RGB").resize((512, 512))) for p in SAMPLES], axis=1)
-    picture = np.asarray(Image.fromarray(strip).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-    noisy = picture + np.random.default_rng(0).normal(0, 4, picture.shape)
-    buffer = io.BytesIO()
-    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 class MemoryPeaks:

@@ -102,6 +102,15 @@ class SegmentWithSam3(foo.Operator):
             description="Off: samples that already have labels in this field are skipped (resumes a failed run)",
         )
         inputs.int("concurrency", default=8, min=1, label="Concurrent images (videos)")
+        inputs.enum(
+            "upload",
+            ["reduced", "original"],
+            default="reduced",
+            label="Upload",
+            description="reduced: photos larger than the model's input go reduced to it (labels are still at the "
+            "photo's size); original: the files as they are",
+            view=types.RadioGroup(),
+        )
         inputs.int(
             "chunk_size",
             default=64,
@@ -127,6 +136,7 @@ class SegmentWithSam3(foo.Operator):
             threshold=ctx.params.get("threshold", 0.5),
             overwrite=ctx.params.get("overwrite", False),
             concurrency=ctx.params.get("concurrency", 8),
+            upload=ctx.params.get("upload", "reduced"),
             chunk_size=ctx.params.get("chunk_size", 64),
             mask_dir=Path(ctx.params["mask_dir"]) if ctx.params.get("mask_dir") else None,
         )

@@ -22,6 +22,8 @@ from fiftyone_plugin.video import VideoLabels
 from sdk import AsyncClient, Client
 from sdk.batch import run_batch
 from sdk.calls import segment_params
+from sdk.client import reduces
+from sdk.images import Upload
 
 Progress = Callable[[int, int, int], None]  # (done, failed, total)
 REFINE_IMAGES_ONLY = (
@@ -48,12 +50,14 @@ class SegmentRun:
     negative_prompts: list[str] = field(default_factory=list)  # concepts whose instances are dropped
     overwrite: bool = False
     concurrency: int = 8
+    upload: Upload = "reduced"  # images larger than the model's input sent reduced to it (sdk.Client)
     chunk_size: int = 64
     mask_dir: Path | None = None  # masks as PNG files (`mask_path`) instead of in the database
 
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ValueError("give at least one prompt")
+        reduces(self.upload)
         for prompt in self.prompts:
             # Bad input fails here, before any request.
             segment_params(prompt, threshold=self.threshold, negative_prompts=self.negative_prompts)
@@ -132,7 +136,7 @@ async def _segment(
         if progress:
             progress(summary.done, len(summary.failed), len(samples))
 
-    async with AsyncClient(service.url, api_key=service.api_key) as client:
+    async with AsyncClient(service.url, api_key=service.api_key, upload=run.upload) as client:
 
         async def label(sample: tuple[str, str]) -> Any:
             sample_id, path = sample

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from sdk.errors import ValidationError
-from sdk.images import ImageInput, image_bytes
+from sdk.images import ImageInput, image_bytes, upload_bytes
 from sdk.results import Result
 from sdk.schema import (
     API_VERSION,
@@ -20,6 +20,7 @@ from sdk.schema import (
     HealthResponse,
     InfoResponse,
     MaskFormat,
+    OriginalSize,
     Point,
     PointsParams,
     SegmentParams,
@@ -48,17 +49,25 @@ def segment(
     prompt: str | Sequence[str] | None = None,
     *,
     reference_image: ImageInput | None = None,
+    reduce_to: int | None = None,
     **params: Any,
 ) -> Call:
+    """`reduce_to`: upload the image reduced to this shorter side (the model's input side), unless
+    the request needs the photo itself (tiling, a reference image)."""
+    validated = segment_params(prompt, **params)
+    whole = validated.tiling is not None or reference_image is not None
     return _image_call(
         f"/{API_VERSION}/segment",
         {"image": image, "reference_image": reference_image},
-        segment_params(prompt, **params),
+        validated,
+        None if whole else reduce_to,
     )
 
 
-def segment_points(image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Call:
-    return _image_call(f"/{API_VERSION}/segment/points", {"image": image}, points_params(points, **params))
+def segment_points(
+    image: ImageInput, points: Sequence[Sequence[float]] = (), *, reduce_to: int | None = None, **params: Any
+) -> Call:
+    return _image_call(f"/{API_VERSION}/segment/points", {"image": image}, points_params(points, **params), reduce_to)
 
 
 def track_video(
@@ -142,12 +151,21 @@ def points_params(
     )
 
 
-def _image_call(path: str, images: dict[str, ImageInput | None], params: BaseModel) -> Call:
-    files = {
-        part: (part, image_bytes(image), "application/octet-stream")
+def _image_call(
+    path: str, images: dict[str, ImageInput | None], params: SegmentParams | PointsParams, reduce_to: int | None
+) -> Call:
+    """The request; `images["image"]` reduced to `reduce_to` pixels on its shorter side when it is
+    larger, the parameters then saying the photo's size (prompts stay in the photo's pixels)."""
+    upload = upload_bytes(images["image"], reduce_to)  # type: ignore[arg-type]  # the first part is required
+    files = {"image": ("image", upload.data, "application/octet-stream")}
+    files.update(
+        (part, (part, image_bytes(image), "application/octet-stream"))
         for part, image in images.items()
-        if image is not None
-    }
+        if part != "image" and image is not None
+    )
+    if upload.original_size is not None:
+        width, height = upload.original_size
+        params = params.model_copy(update={"original_size": OriginalSize(width=width, height=height)})
     data = {"params": params.model_dump_json(exclude_defaults=True)}
     return Call("POST", path, Result, {"files": files, "data": data})
 

@@ -243,6 +243,14 @@ def _add_annotate(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="minimum instance score (default 0.5)")
     p.add_argument("--format", choices=["png", "coco", "both"], default="both")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument(
+        "--upload",
+        choices=["reduced", "original"],
+        default="reduced",
+        help="reduced (default): photos larger than the model's input are sent reduced to it, masks and "
+        "boxes still at the photo's size; original: send the files as they are (tiling and "
+        "--reference-image always do)",
+    )
     p.add_argument("--watch", action="store_true", help="keep annotating new images until interrupted")
     p.add_argument("--interval", type=float, default=2.0, help="--watch polling period in seconds")
     _service_options(p)
@@ -343,7 +351,7 @@ def cmd_annotate(args) -> int:
     # SIGTERM (e.g. from a process manager) ends the run like Ctrl-C: finished work is kept.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     interrupted = False
-    with Client(args.url, api_key=args.api_key) as client:
+    with Client(args.url, api_key=args.api_key, upload=args.upload) as client:
         try:
             annotator = FolderAnnotator(
                 client, args.src, args.out, request, args.format, args.concurrency, progress=not args.no_progress

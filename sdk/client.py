@@ -12,13 +12,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
 from sdk import calls
 from sdk.batch import BackgroundBatch, BatchItem, run_batch
-from sdk.images import ImageInput
+from sdk.errors import ValidationError
+from sdk.images import ImageInput, Upload
 from sdk.results import Result
 from sdk.schema import HealthResponse, InfoResponse, StatusResponse, VideoFrame
 from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, VideoStream, finish, retry_delay
@@ -27,13 +28,26 @@ from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Set
 ImageT = TypeVar("ImageT", bound=ImageInput)
 
 
-def _settings(url: str | None, api_key: str | None, timeout: float, retry: RetryPolicy | None) -> Settings:
+UNKNOWN = object()  # the model's input size before /v1/info has been asked
+
+
+def reduces(upload: Upload) -> bool:
+    if upload not in ("reduced", "original"):
+        raise ValidationError(f"upload must be 'reduced' or 'original', not {upload!r}")
+    return upload == "reduced"
+
+
+def _settings(
+    url: str | None, api_key: str | None, timeout: float, retry: RetryPolicy | None, upload: Upload
+) -> Settings:
+    reduces(upload)
     # The environment fills what the caller leaves out, so scripts and the CLI need no edits per cluster.
     return Settings(
         url=url or os.environ.get("SAMFLEET_URL") or DEFAULT_URL,
         api_key=api_key or os.environ.get("SAMFLEET_API_KEY") or None,
         timeout_s=timeout,
         retry=retry or RetryPolicy(),
+        upload=upload,
     )
 
 
@@ -41,6 +55,9 @@ class Client:
     """Synchronous client: `with Client("http://gpu-cluster:8000", api_key=...) as c: c.segment(...)`.
 
     `url` and `api_key` default to the SAMFLEET_URL and SAMFLEET_API_KEY environment variables.
+    `upload`: "reduced" (default) sends a photo larger than the model's input reduced to it, with
+    its size, and gets the same answer in the photo's pixels for a fraction of the bytes;
+    "original" sends files as they are.  Each call can say otherwise.
     """
 
     def __init__(
@@ -50,9 +67,11 @@ class Client:
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        upload: Upload = "reduced",
     ):
-        self.settings = _settings(url, api_key, timeout, retry)
+        self.settings = _settings(url, api_key, timeout, retry, upload)
         self._http = httpx.Client(**self.settings.http_options())
+        self._input_size: object = UNKNOWN
 
     def __enter__(self) -> Client:
         return self
@@ -67,20 +86,44 @@ class Client:
         return self._send(calls.health())
 
     def info(self) -> InfoResponse:
-        return self._send(calls.info())
+        info = self._send(calls.info())
+        self._input_size = info.input_size  # what reduced uploads are reduced to, known from now on
+        return info
 
     def status(self) -> StatusResponse:
         return self._send(calls.status())
 
-    def segment(self, image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Result:
+    def segment(
+        self,
+        image: ImageInput,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        upload: Upload | None = None,
+        **params: Any,
+    ) -> Result:
         """Every instance of `prompt` (a noun phrase or a list of them) and/or the exemplar boxes
         (parameters: `calls.segment_params`; `reference_image=` the other image that
-        `reference_boxes` point into)."""
-        return self._send(calls.segment(image, prompt, **params)).with_image(image)
+        `reference_boxes` point into).  A photo larger than the model's input is uploaded reduced
+        to it (`upload="original"` sends the file as it is; tiling and reference images always
+        do); masks, boxes and prompts are in the photo's own pixels either way.  `upload=None`:
+        the client's setting."""
+        reduce_to = self._reduce_to(upload)
+        return self._send(calls.segment(image, prompt, reduce_to=reduce_to, **params)).with_image(image)
 
-    def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Result:
-        """The object at the clicked points and/or box (parameters: `calls.points_params`)."""
-        return self._send(calls.segment_points(image, points, **params)).with_image(image)
+    def segment_points(
+        self, image: ImageInput, points: Sequence[Sequence[float]] = (), *, upload: Upload | None = None, **params: Any
+    ) -> Result:
+        """The object at the clicked points and/or box (parameters: `calls.points_params`;
+        `upload` as for `segment`)."""
+        reduce_to = self._reduce_to(upload)
+        return self._send(calls.segment_points(image, points, reduce_to=reduce_to, **params)).with_image(image)
+
+    def _reduce_to(self, upload: Upload | None) -> int | None:
+        if not reduces(upload or self.settings.upload):
+            return None
+        if self._input_size is UNKNOWN:  # asked once per client: the model does not change under it
+            self.info()
+        return cast(int | None, self._input_size)
 
     def segment_many(
         self,
@@ -88,6 +131,7 @@ class Client:
         prompt: str | Sequence[str] | None = None,
         *,
         reference_image: ImageInput | None = None,
+        upload: Upload | None = None,
         concurrency: int = 8,
         progress: bool = True,
         ordered: bool = True,
@@ -99,11 +143,13 @@ class Client:
         `item.error` set and the batch goes on.
         """
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
+        reduces(upload or self.settings.upload)
         return self._in_background(
             "segment_many",
             images,
             prompt,
             reference_image=reference_image,
+            upload=upload,
             concurrency=concurrency,
             progress=progress,
             ordered=ordered,
@@ -115,6 +161,7 @@ class Client:
         images: Iterable[ImageT],
         points: Sequence[Sequence[float]] = (),
         *,
+        upload: Upload | None = None,
         concurrency: int = 8,
         progress: bool = True,
         ordered: bool = True,
@@ -122,8 +169,16 @@ class Client:
     ) -> BackgroundBatch[ImageT]:
         """`segment_points` with the same points/box on every image, like `segment_many`."""
         calls.points_params(points, **params)
+        reduces(upload or self.settings.upload)
         return self._in_background(
-            "segment_points_many", images, points, concurrency=concurrency, progress=progress, ordered=ordered, **params
+            "segment_points_many",
+            images,
+            points,
+            upload=upload,
+            concurrency=concurrency,
+            progress=progress,
+            ordered=ordered,
+            **params,
         )
 
     def track_video(
@@ -149,10 +204,11 @@ class Client:
 
     def _in_background(self, method: str, *args: Any, **kwargs: Any) -> BackgroundBatch[Any]:
         """Run AsyncClient.`method` (a batch) on the background loop with this client's settings."""
-        settings = self.settings
+        settings, input_size = self.settings, self._input_size
 
         async def batch() -> AsyncIterator[BatchItem[Any]]:
             async with AsyncClient(settings=settings) as client:
+                client._input_size = input_size  # what this client knows already is not asked again
                 async for item in getattr(client, method)(*args, **kwargs):
                     yield item
 
@@ -184,10 +240,13 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        upload: Upload = "reduced",
         settings: Settings | None = None,
     ):
-        self.settings = settings or _settings(url, api_key, timeout, retry)
+        self.settings = settings or _settings(url, api_key, timeout, retry, upload)
         self._http = httpx.AsyncClient(**self.settings.http_options())
+        self._input_size: object = UNKNOWN
+        self._input_size_lock = asyncio.Lock()  # a batch's first requests ask /v1/info once, not once each
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -202,19 +261,40 @@ class AsyncClient:
         return await self._send(calls.health())
 
     async def info(self) -> InfoResponse:
-        return await self._send(calls.info())
+        info = await self._send(calls.info())
+        self._input_size = info.input_size
+        return info
 
     async def status(self) -> StatusResponse:
         return await self._send(calls.status())
 
-    async def segment(self, image: ImageInput, prompt: str | Sequence[str] | None = None, **params: Any) -> Result:
-        # Reading a file or PNG-encoding an array can take a while: keep it off the event loop.
-        call = await asyncio.to_thread(calls.segment, image, prompt, **params)
+    async def segment(
+        self,
+        image: ImageInput,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        upload: Upload | None = None,
+        **params: Any,
+    ) -> Result:
+        reduce_to = await self._reduce_to(upload)
+        # Reading, reducing or PNG-encoding an image can take a while: keep it off the event loop.
+        call = await asyncio.to_thread(calls.segment, image, prompt, reduce_to=reduce_to, **params)
         return (await self._send(call)).with_image(image)
 
-    async def segment_points(self, image: ImageInput, points: Sequence[Sequence[float]] = (), **params: Any) -> Result:
-        call = await asyncio.to_thread(calls.segment_points, image, points, **params)
+    async def segment_points(
+        self, image: ImageInput, points: Sequence[Sequence[float]] = (), *, upload: Upload | None = None, **params: Any
+    ) -> Result:
+        reduce_to = await self._reduce_to(upload)
+        call = await asyncio.to_thread(calls.segment_points, image, points, reduce_to=reduce_to, **params)
         return (await self._send(call)).with_image(image)
+
+    async def _reduce_to(self, upload: Upload | None) -> int | None:
+        if not reduces(upload or self.settings.upload):
+            return None
+        async with self._input_size_lock:
+            if self._input_size is UNKNOWN:
+                await self.info()
+        return cast(int | None, self._input_size)
 
     async def track_video(
         self,
@@ -241,6 +321,7 @@ class AsyncClient:
         prompt: str | Sequence[str] | None = None,
         *,
         reference_image: ImageInput | None = None,
+        upload: Upload | None = None,
         concurrency: int = 8,
         progress: bool = True,
         ordered: bool = True,
@@ -248,9 +329,10 @@ class AsyncClient:
     ) -> AsyncIterator[BatchItem[ImageT]]:
         """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
+        reduces(upload or self.settings.upload)
         return run_batch(
             images,
-            lambda image: self.segment(image, prompt, reference_image=reference_image, **params),
+            lambda image: self.segment(image, prompt, reference_image=reference_image, upload=upload, **params),
             concurrency=concurrency,
             progress=progress,
             ordered=ordered,
@@ -261,15 +343,17 @@ class AsyncClient:
         images: Iterable[ImageT],
         points: Sequence[Sequence[float]] = (),
         *,
+        upload: Upload | None = None,
         concurrency: int = 8,
         progress: bool = True,
         ordered: bool = True,
         **params: Any,
     ) -> AsyncIterator[BatchItem[ImageT]]:
         calls.points_params(points, **params)
+        reduces(upload or self.settings.upload)
         return run_batch(
             images,
-            lambda image: self.segment_points(image, points, **params),
+            lambda image: self.segment_points(image, points, upload=upload, **params),
             concurrency=concurrency,
             progress=progress,
             ordered=ordered,

@@ -55,6 +55,21 @@ class Point(_Strict):
     label: PointLabel = "positive"
 
 
+class OriginalSize(_Strict):
+    """The photo an upload was reduced from (the SDK's default for requests that do not need full
+    resolution): prompts are given, and masks and boxes answered, in its pixels."""
+
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+ORIGINAL_SIZE_DESCRIPTION = (
+    "Set when the uploaded image is the photo reduced (same aspect ratio, within a pixel): the "
+    "photo's size after EXIF orientation. Points and boxes are in the photo's pixels; masks and "
+    "boxes come back at its size."
+)
+
+
 class Tiling(_Strict):
     """High-resolution mode: the image is cut into overlapping tiles, each seen by the model at
     its full input resolution, and instances cut by tile borders are merged back together."""
@@ -115,6 +130,7 @@ class SegmentParams(_Strict):
     mask_threshold: Probability = Field(default=0.5, description="Mask probability binarisation level.")
     mask_format: MaskFormat = "rle"
     tiling: Tiling | None = Field(default=None, description="High-resolution mode; off when absent.")
+    original_size: OriginalSize | None = Field(default=None, description=ORIGINAL_SIZE_DESCRIPTION)
 
     @field_validator("prompt")
     @classmethod
@@ -141,6 +157,8 @@ class SegmentParams(_Strict):
             raise ValueError("box exemplars refine one concept: use them with a single prompt")
         if self.tiling is not None and boxes:
             raise ValueError("tiling works with text prompts only: an exemplar box lies in one tile")
+        if self.original_size is not None and (self.tiling is not None or self.reference_exemplars):
+            raise ValueError("tiling and reference images need the photo itself: send it without original_size")
         return self
 
     def texts(self) -> list[str]:
@@ -156,6 +174,7 @@ class PointsParams(_Strict):
     multimask: bool = Field(default=False, description="Return the model's 3 candidate masks.")
     mask_threshold: Probability = 0.5
     mask_format: MaskFormat = "rle"
+    original_size: OriginalSize | None = Field(default=None, description=ORIGINAL_SIZE_DESCRIPTION)
 
     @model_validator(mode="after")
     def _has_prompt(self) -> PointsParams:
@@ -326,6 +345,11 @@ class InfoResponse(BaseModel):
     )
     dtype: str
     device: str
+    input_size: int | None = Field(
+        default=None,
+        description="the side, in pixels, of the square image the model sees; the SDK reduces uploads so "
+        "that their shorter side is this (None from servers older than reduced uploads)",
+    )
     replicas: dict[str, int]
     limits: Limits
     batching: BatchingInfo

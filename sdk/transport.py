@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from sdk.errors import APIError, ConnectionError, TimeoutError, ValidationError
+from sdk.images import Upload
 from sdk.schema import TrackLine, VideoError, VideoFrame
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -83,6 +84,8 @@ class Settings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    # Images larger than the model's input go reduced to it (sdk.images.upload_bytes), or as they are.
+    upload: Upload = "reduced"
 
     def http_options(self) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sdk.schema import Limits
+from sdk.schema import Limits, OriginalSize
 from serving.errors import ServiceError
 
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF or GIF"
@@ -61,3 +61,28 @@ def _too_large(width: int, height: int, limits: Limits, field: str) -> ServiceEr
         f"{field} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}",
         field,
     )
+
+
+def stands_for(image: np.ndarray, original: OriginalSize | None, limits: Limits) -> tuple[int, int]:
+    """(height, width) of the photo `image` stands for: itself, or the photo it was reduced from
+    (a reduced upload declares `original_size`).  The declared photo must be `image` scaled up by
+    one factor, within a pixel, and within `max_image_pixels`: masks are made at its size."""
+    height, width = image.shape[:2]
+    if original is None:
+        return height, width
+    if original.width * original.height > limits.max_image_pixels:
+        raise _too_large(original.width, original.height, limits, "original_size")
+    scaled_height, scaled_width = original.height * width / original.width, original.width * height / original.height
+    if (
+        width > original.width
+        or height > original.height
+        or min(abs(height - scaled_height), abs(width - scaled_width)) > 1
+    ):
+        raise ServiceError(
+            422,
+            "invalid_original_size",
+            f"the {width}x{height} upload is not the {original.width}x{original.height} photo reduced "
+            "(it must be smaller, with the same aspect ratio within a pixel)",
+            "original_size",
+        )
+    return original.height, original.width

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
@@ -51,7 +52,7 @@ from serving.http import (
     read_image_request,
     read_video_request,
 )
-from serving.images import decode_image
+from serving.images import decode_image, stands_for
 from serving.metrics import RequestMetrics, RequestMetricsMiddleware, StageTimes
 from serving.model_loader import load_processors
 from serving.postprocess import logit, point_masks_response, segment_response
@@ -176,6 +177,7 @@ class Ingress:
                 name: d.replicas.get("RUNNING", 0) for name, d in (await run_in_threadpool(_deployments)).items()
             },
             limits=self.config.limits,
+            input_size=max(self.processor.image_processor.size.height, self.processor.image_processor.size.width),
             batching=BatchingInfo(**self.config.batching.model_dump()),
             **described,
         )
@@ -207,16 +209,16 @@ class Ingress:
         times = StageTimes()
 
         def plan(images, params):  # the job holds the resized windows: the photo is not kept
-            job = plan_segment(
+            return plan_segment(
                 images["image"],
                 params,
                 self.config.limits,
                 lambda pixels: model_image(pixels, self.processor),
                 images.get("reference_image"),
             )
-            return images["image"].shape[:2], job
 
-        ((height, width), job), params = await self._prepared(request, SegmentRequest, SegmentParams, times, plan)
+        job, params = await self._prepared(request, SegmentRequest, SegmentParams, times, plan)
+        height, width = job.size
         # Tiles go out as separate calls so the replicas' batching packs them into full batches.
         raws = await self._timed(times, [self.model.segment.remote(item) for item in job.items])
         found = await run_in_threadpool(times.run, "postprocess", job.finish, raws, self.processor)
@@ -237,12 +239,12 @@ class Ingress:
         times = StageTimes()
 
         def item_of(images, params) -> PointsItem:  # the item holds the resized pixels: the photo is not kept
-            height, width = images["image"].shape[:2]
+            height, width = size = stands_for(images["image"], params.original_size, self.config.limits)
             check_inside("points", [p.x for p in params.points], [p.y for p in params.points], width, height)
             if params.box is not None:
                 check_box_inside("box", params.box, width, height)
             return PointsItem(
-                image=model_image(images["image"], self.tracker_processor),
+                image=replace(model_image(images["image"], self.tracker_processor), original_size=size),
                 points=[[p.x, p.y] for p in params.points],
                 point_labels=[int(p.label == "positive") for p in params.points],
                 box=params.box.xyxy() if params.box else None,

@@ -8,7 +8,7 @@ in-process predictor or a test double in place of the model deployment.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from transformers import Sam3Processor
@@ -17,6 +17,7 @@ from sdk.schema import Limits, SegmentParams
 from serving import reference, tiling
 from serving.errors import ServiceError
 from serving.http import check_box_inside
+from serving.images import stands_for
 from serving.postprocess import Found, found_instances
 from serving.predictor import ModelImage, RawDetections, SegmentItem
 
@@ -26,6 +27,7 @@ EXEMPLAR_LABEL = "exemplar"
 @dataclass
 class SegmentJob:
     params: SegmentParams
+    size: tuple[int, int]  # (height, width) of the photo the answer is for
     items: list[SegmentItem]  # one per window
     windows: list[tiling.Window]
     composite: reference.Composite | None
@@ -65,8 +67,10 @@ def plan_segment(
 ) -> SegmentJob:
     """The job for `params` on `image`, each window's pixels made ready for the model by `prepare`
     (`predictor.model_image` with the model's processor); ServiceError (422) for boxes outside
-    their image, reference exemplars without a reference image (or the reverse), or too many tiles."""
-    height, width = image.shape[:2]
+    their image, reference exemplars without a reference image (or the reverse), or too many tiles.
+    A reduced upload (`params.original_size`) is planned as the photo it stands for: boxes are
+    checked against it and its one item answers at its size."""
+    height, width = size = stands_for(image, params.original_size, limits)
     for i, ex in enumerate(params.exemplars):
         check_box_inside(f"exemplars.{i}.box", ex.box, width, height)
     exemplars = params.exemplars
@@ -78,8 +82,8 @@ def plan_segment(
         boxes += composite.boxes
         image = composite.image
         height, width = image.shape[:2]
-    windows = [tiling.Window(0, 0, width, height)]
-    if params.tiling:
+    windows = [tiling.Window(0, 0, image.shape[1], image.shape[0])]
+    if params.tiling:  # never with a reduced upload (the schema refuses it): width, height are the image's
         count = tiling.window_count(width, height, params.tiling)
         if count > limits.max_tiles:  # one window is always within the limit (max_tiles > 0)
             raise ServiceError(
@@ -93,7 +97,7 @@ def plan_segment(
         windows = tiling.plan(width, height, params.tiling)
     items = [
         SegmentItem(
-            image=prepare(window.crop(image)),
+            image=replace(prepare(image), original_size=size) if params.original_size else prepare(window.crop(image)),
             prompts=params.texts(),
             boxes=boxes,
             box_labels=[int(ex.label == "positive") for ex in exemplars],
@@ -103,7 +107,7 @@ def plan_segment(
         )
         for window in windows
     ]
-    return SegmentJob(params, items, windows, composite)
+    return SegmentJob(params, size, items, windows, composite)
 
 
 def _composite(image: np.ndarray, params: SegmentParams, reference_image: np.ndarray | None) -> reference.Composite:

@@ -245,7 +245,9 @@ def service(service_config):
 def client(service):
     from sdk import Client
 
-    with Client(service) as c:
+    # Files as they are: most tests compare served answers with transformers run in-process on
+    # the same pixels.  Reduced uploads (the SDK's default) are tested in test_reduced_upload.py.
+    with Client(service, upload="original") as c:
         yield c
 
 

@@ -60,7 +60,8 @@ def dataset(plugin, tmp_path, request):
 
 
 def sdk_results(client, path: str, **params) -> dict:
-    return {p: client.segment(path, p, threshold=THRESHOLD, **params) for p in PROMPTS}
+    """What the SDK answers, uploading as the plugin does by default (reduced)."""
+    return {p: client.segment(path, p, threshold=THRESHOLD, upload="reduced", **params) for p in PROMPTS}
 
 
 def box_pixels(det: fo.Detection, width: int, height: int) -> np.ndarray:
@@ -194,8 +195,9 @@ def test_refine_with_points_uses_keypoints_as_clicks(dataset, client, service):
         assert result.result == {"objects": 2}
     sample.reload()
     cup, lid = sample["refined"].detections
-    expected_cup = client.segment_points(sample.filepath, [[0.25 * w, 0.25 * h], [0.3 * w, 0.35 * h]])
-    expected_lid = client.segment_points(sample.filepath, [[0.7 * w, 0.6 * h], [0.5 * w, 0.5 * h]], labels=[1, 0])
+    expected_cup = client.segment_points(sample.filepath, [[0.25 * w, 0.25 * h], [0.3 * w, 0.35 * h]], upload="reduced")
+    expected_lid = client.segment_points(sample.filepath, [[0.7 * w, 0.6 * h], [0.5 * w, 0.5 * h]], labels=[1, 0],
+                                         upload="reduced")
     for det, expected, label in ((cup, expected_cup, "cup"), (lid, expected_lid, "lid")):
         assert det.label == label and det.prompt == "points"
         # Two requests for the same clicks: within batch noise (compare.BATCH).

@@ -45,7 +45,7 @@ def test_sync_and_async_equal_server_json(service, client, form):
     assert client.segment(image, prompt="cat", threshold=0.1).model_dump(mode="json") == expected
 
     async def run():
-        async with AsyncClient(service) as aclient:
+        async with AsyncClient(service, upload="original") as aclient:
             return await aclient.segment(image, prompt="cat", threshold=0.1)
 
     assert asyncio.run(run()).model_dump(mode="json") == expected
@@ -57,7 +57,7 @@ def test_points_health_info_sync_and_async(service, client):
     assert client.segment_points(SAMPLE, [[100, 80], [10, 10]], labels=[1, 0]).model_dump(mode="json") == expected
 
     async def run():
-        async with AsyncClient(service) as aclient:
+        async with AsyncClient(service, upload="original") as aclient:
             return (await aclient.segment_points(SAMPLE, [[100, 80], [10, 10]], labels=[1, 0]),
                     await aclient.health(), await aclient.info())
 
@@ -125,7 +125,7 @@ def test_segment_many_as_completed_async(service, images):
     inputs = batch_inputs(images)
 
     async def run():
-        async with AsyncClient(service) as aclient:
+        async with AsyncClient(service, upload="original") as aclient:
             return [item async for item in aclient.segment_many(inputs, prompt="dog", threshold=0.0, concurrency=4,
                                                                  ordered=False, progress=False)]
 
