@@ -3,7 +3,6 @@ the replica that holds it), results equal uncached ones, the cache stays within 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import subprocess
@@ -15,12 +14,10 @@ import pytest
 from PIL import Image
 
 import reference as ref_impl
-import yaml
-
 from compare import assert_matches_reference
-from conftest import TEST_EMBEDDING_CACHE_MB, one_model_replica
-from sdk import AsyncClient
-from service_process import service_process
+from conftest import TEST_EMBEDDING_CACHE_MB
+from sdk import Result
+from sdk.images import load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,47 +86,32 @@ def test_the_cache_keeps_its_bound_and_drops_the_least_recently_used_image(clien
 
 @pytest.mark.service
 @pytest.mark.timeout(300)
-def test_clicks_go_to_the_replica_holding_the_embedding(tmp_path, tiny_model):
+def test_clicks_go_to_the_replica_holding_the_embedding_and_concurrent_clicks_get_their_own_image(
+    tmp_path, tiny_model, reference
+):
     """Two SAM3 replicas (a process of its own, like the autoscaling tests): every image is encoded
     once however many clicks it gets, summed over both replicas.  The clicks are 1.5 s apart, as an
     annotator's are: well past the moment Serve's router needs to learn which replica holds a new
     image, even on a loaded machine (README: Routing window).  Without the cache every click is
-    encoded: tests/test_protected_service.py (a service with the cache off)."""
-    out = tmp_path / "clicks.json"
+    encoded: tests/test_protected_service.py (a service with the cache off).
+
+    Then the benchmark clicks every image twice at once, twice: Serve may put several images in
+    one batch, and each answer must still be its own image's (transformers encoding that image for
+    that click alone).  An embedding looked up by the wrong key answers with another image's masks."""
+    out, answers = tmp_path / "clicks.json", tmp_path / "answers.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/click_latency.py"), "--model", tiny_model, "--replicas", "2",
-         "--cache", "on", "--images", "2", "--clicks", "3", "--think-s", "1.5", "--json", str(out)],
+         "--cache", "on", "--images", "3", "--clicks", "3", "--think-s", "1.5", "--rounds", "2",
+         "--json", str(out), "--answers", str(answers)],
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     on = json.loads(out.read_text())["cache_on"]
-    assert on["clicks"] == 3 * on["images"] == 6
+    assert on["clicks"] == 3 * on["images"] == 9
     assert on["images_encoded"] == on["images"], done.stdout
-
-
-def test_concurrent_clicks_on_different_images_through_two_replicas_get_each_its_own_image(tmp_path, tiny_model,
-                                                                                           reference):
-    """Clicks on four images at once, three each, through two SAM3 replicas whose batch window
-    gathers them: Serve may put several images in one batch, and each answer must still be its
-    own image's (compared with transformers encoding that image for that click alone).  Mixing up
-    embeddings would answer with another image's masks."""
-    from serving.runner import default_config_path
-
-    raw = yaml.safe_load(default_config_path().read_text())
-    app = raw["applications"][0]
-    app["args"].update(model=tiny_model, embedding_cache_mb=2, batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.3})
-    one_model_replica(app, num_replicas=2)
-    config = tmp_path / "two_replicas.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    images = [fresh_image(10 + n) for n in range(4)]
-    clicks = [((20 + 10 * k, 30 + 5 * k), image) for k in range(3) for image in range(len(images))]
-
-    async def click_all(url: str):
-        async with AsyncClient(url) as client:
-            return await asyncio.gather(*(client.segment_points(images[i], [list(xy)]) for xy, i in clicks))
-
-    with service_process(config, tmp_path / "service.log") as running:
-        served = asyncio.run(click_all(running.url))
-    for answer, (xy, i) in zip(served, clicks, strict=True):
-        expected = ref_impl.segment_points(reference, images[i], points=[list(xy)], labels=[1])
-        assert_matches_reference(answer, expected, pair_by_box=False)
+    clicks = json.loads(answers.read_text())["cache_on"]
+    assert sorted(c["image"] for c in clicks) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    pictures = [np.asarray(load_rgb(path)) for path in sorted((REPO / "examples/images").glob("*.jpg"))]
+    for click in clicks:
+        expected = ref_impl.segment_points(reference, pictures[click["image"]], points=[click["point"]], labels=[1])
+        assert_matches_reference(Result.model_validate(click["answer"]), expected, pair_by_box=False)
