@@ -125,6 +125,10 @@ def retry_delay(policy: RetryPolicy, attempt: int, outcome: httpx.Response | Exc
 
 def finish(call: Call, outcome: httpx.Response | Exception, base_url: str) -> Any:
     """The parsed answer, or the SDK exception that `outcome` amounts to."""
+    if isinstance(outcome, httpx.ConnectTimeout):
+        # Nothing was sent: the service is unreachable (a host that drops packets), which ends a
+        # batch at once (sdk.batch) instead of failing each image after its own retries.
+        raise ConnectionError(f"cannot reach samfleet at {base_url}: {outcome!r}") from outcome
     if isinstance(outcome, httpx.TimeoutException):
         raise TimeoutError(f"{call.method} {call.path} timed out: {outcome!r}") from outcome
     if isinstance(outcome, httpx.TransportError):

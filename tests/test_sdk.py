@@ -178,6 +178,46 @@ def test_unreachable_service_is_a_connection_error(images):
             list(dead.segment_many([Image.fromarray(images[0])] * 5, prompt="cat", progress=False))
 
 
+def test_a_host_that_never_answers_fails_at_the_connect_timeout_not_the_request_timeout():
+    """A black-holed host (SYNs dropped): a loopback listener whose accept queue is full drops
+    them as such a host does.  Each attempt gives up at the connect timeout, not at the request's
+    120 s (six attempts of which made a dead host take twelve minutes to report), and the error
+    says the service cannot be reached, so a batch ends at once."""
+    import socket
+    import time
+
+    from sdk.transport import Settings
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        queued = []
+        while True:  # until the accept queue is full: the next SYN is dropped
+            try:
+                queued.append(socket.create_connection(listener.getsockname(), timeout=0.5))
+            except OSError:  # TimeoutError: the queue is full
+                break
+        settings = Settings(url=url, timeout_s=120, connect_timeout_s=1,
+                            retry=RetryPolicy(max_retries=1, base_delay_s=0.01))
+
+        async def health():
+            async with AsyncClient(settings=settings) as client:
+                return await client.health()
+
+        async def batch():
+            async with AsyncClient(settings=settings) as client:
+                return [item async for item in client.segment_many([SAMPLE] * 20, "cat", concurrency=2, progress=False)]
+
+        for call in (health, batch):  # a batch ends at once: its images are not each tried in turn
+            started = time.monotonic()
+            with pytest.raises(ConnectionError, match="cannot reach samfleet"):
+                asyncio.run(call())
+            assert time.monotonic() - started < settings.unreachable_after_s() + 5 < 120
+        for connection in queued:
+            connection.close()
+
+
 def test_environment_supplies_url_and_key(service, monkeypatch):
     monkeypatch.setenv("SAMFLEET_URL", service)
     monkeypatch.setenv("SAMFLEET_API_KEY", "k-123")
