@@ -97,7 +97,7 @@ def test_app_draws_masks_and_runs_the_operator(reviewed, app, browser, service):
     page.wait_for_timeout(1000)
     shot(page, "app-operator-browser")
     page.keyboard.press("Enter")
-    form = page.get_by_role("dialog").locator("input:not([type=checkbox])")
+    form = page.get_by_role("dialog").locator("input:not([type=checkbox]):not([type=radio])")
     form.first.wait_for(timeout=30_000)
     # The text/number inputs in the order SegmentWithSam3.resolve_input declares them.
     fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "mask_dir", "url"]
