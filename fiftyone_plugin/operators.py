@@ -18,9 +18,14 @@ EXPORT_FORMATS: dict[str, list[curation.ExportFormat]] = {"both": ["coco", "png"
 
 
 def service(ctx) -> Service:
-    """The form's URL, else the plugin secrets (SAMFLEET_URL / SAMFLEET_API_KEY, which FiftyOne
-    reads from the environment by default); what is still unset the SDK takes from its own env."""
-    return Service(url=ctx.params.get("url") or ctx.secret("SAMFLEET_URL"), api_key=ctx.secret("SAMFLEET_API_KEY"))
+    """The plugin secrets (SAMFLEET_URL / SAMFLEET_API_KEY, which FiftyOne reads from the
+    environment by default), or the form's URL.  The secret key goes to the secret URL only: any
+    user of a shared App could otherwise have the team's key sent to a server of their choosing.
+    Another URL is called without a key ("" also stops the SDK reading SAMFLEET_API_KEY itself)."""
+    secret_url, typed_url = ctx.secret("SAMFLEET_URL"), ctx.params.get("url")
+    if typed_url and typed_url.rstrip("/") != (secret_url or "").rstrip("/"):
+        return Service(url=typed_url, api_key="")
+    return Service(url=secret_url, api_key=ctx.secret("SAMFLEET_API_KEY"))
 
 
 def prompts_of(text: str | None) -> list[str]:
@@ -124,7 +129,13 @@ class SegmentWithSam3(foo.Operator):
             label="Mask folder (optional)",
             description="Store masks as PNG files here (mask_path) instead of in the database",
         )
-        inputs.str("url", required=False, label="Service URL", description="Default: the SAMFLEET_URL plugin secret")
+        inputs.str(
+            "url",
+            required=False,
+            label="Service URL",
+            description="Default: the SAMFLEET_URL plugin secret. Another URL is called without the "
+            "SAMFLEET_API_KEY secret (which goes to SAMFLEET_URL only)",
+        )
         ctx.target_view()  # opts the form into FiftyOne's dataset / view / selected samples choice
         return types.Property(inputs, view=types.View(label="Segment with SAM3"))
 

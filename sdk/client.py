@@ -44,7 +44,8 @@ def _settings(
     # The environment fills what the caller leaves out, so scripts and the CLI need no edits per cluster.
     return Settings(
         url=url or os.environ.get("SAMFLEET_URL") or DEFAULT_URL,
-        api_key=api_key or os.environ.get("SAMFLEET_API_KEY") or None,
+        # "" sends no key at all, whatever the environment says.
+        api_key=(os.environ.get("SAMFLEET_API_KEY") or None) if api_key is None else api_key or None,
         timeout_s=timeout,
         retry=retry or RetryPolicy(),
         upload=upload,
@@ -54,7 +55,8 @@ def _settings(
 class Client:
     """Synchronous client: `with Client("http://gpu-cluster:8000", api_key=...) as c: c.segment(...)`.
 
-    `url` and `api_key` default to the SAMFLEET_URL and SAMFLEET_API_KEY environment variables.
+    `url` and `api_key` default to the SAMFLEET_URL and SAMFLEET_API_KEY environment variables
+    (`api_key=""`: no key, whatever the environment says).
     `upload`: "reduced" (default) sends a photo larger than the model's input reduced to it, with
     its size, and gets the same answer in the photo's pixels for a fraction of the bytes;
     "original" sends files as they are.  Each call can say otherwise.

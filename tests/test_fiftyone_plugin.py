@@ -18,6 +18,7 @@ from PIL import Image
 
 from compare import BATCH, assert_masks_close, assert_same_answer
 from conftest import ray_processes, wait_for, wait_for_ray_exit
+from flaky_proxy import FlakyProxy
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 from fiftyone_plugin import curation
@@ -112,6 +113,20 @@ def test_plugin_is_found_with_its_operators(plugin):
     assert set(definition.operators) == {"segment_with_sam3", "refine_with_points", "tag_sam3_labels",
                                          "review_sam3_labels", "export_sam3_labels"}
     assert foo.get_operator(op("segment_with_sam3")).config.allow_delegated_execution
+
+
+def test_the_secret_api_key_goes_to_the_secret_url_only(dataset, service, monkeypatch):
+    """Any user of a shared App can type a URL in the form: the team's key must not follow it."""
+    with FlakyProxy(service, []) as secret, FlakyProxy(service, []) as typed:
+        monkeypatch.setenv("SAMFLEET_URL", secret.url)  # the plugin's secrets, read from the environment
+        monkeypatch.setenv("SAMFLEET_API_KEY", "sf_the-teams-key")
+        for params in ({"label_field": "by_secret"}, {"label_field": "typed", "url": typed.url},
+                       {"label_field": "secret_typed", "url": secret.url + "/"}):
+            result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                                          params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, **params})
+            assert result.result["done"] == 6, result.result
+    assert len(secret.authorizations) > 12 and set(secret.authorizations) == {"Bearer sf_the-teams-key"}
+    assert typed.authorizations and set(typed.authorizations) == {None}
 
 
 def test_segment_operator_stores_the_sdk_results(dataset, client, service):

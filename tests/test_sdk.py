@@ -224,6 +224,8 @@ def test_environment_supplies_url_and_key(service, monkeypatch):
     with Client() as c:
         assert c.settings.url == service and c.settings.api_key == "k-123"
         assert c.health().status == "ok"
+    with Client(api_key="") as c:  # no key, whatever the environment says
+        assert c.settings.api_key is None and "authorization" not in c._http.headers
 
 
 def test_images_sent_as_png_are_lossless():
