@@ -168,7 +168,8 @@ def main() -> int:
     started = time.perf_counter()
     with running_service(model, replicas=1) as url:
         rows.append(("cold start: service start to healthy", f"{time.perf_counter() - started:.1f} s"))
-        with Client(url, timeout=900) as client:
+        # Files as they are: served == in-process compares answers on the same pixels.
+        with Client(url, timeout=900, upload="original") as client:
             problems = equality_problems(client, model, gpu)
             rows.append(("served == in-process transformers", "PASS" if not problems else
                          f"FAIL ({len(problems)}): {problems[0]}"))
