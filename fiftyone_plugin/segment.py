@@ -8,7 +8,8 @@ not yet done (label field still empty; videos: see `fiftyone_plugin.video`), whi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,19 @@ def segment_collection(
     todo = pending_samples(view, media.done_field, run.overwrite)
     ids, paths = todo.values(["id", "filepath"])
     summary = RunSummary(skipped=len(view) - len(ids))
-    asyncio.run(_segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress))
+    _run(_segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress))
     return summary
+
+
+def _run(work: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run(work)`, also where an event loop already runs in this thread (a Jupyter
+    notebook, where FiftyOne users call this), which refuses asyncio.run: there in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(1, thread_name_prefix="samfleet-segment") as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 async def _segment(

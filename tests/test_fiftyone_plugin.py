@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -127,6 +128,18 @@ def test_the_secret_api_key_goes_to_the_secret_url_only(dataset, service, monkey
             assert result.result["done"] == 6, result.result
     assert len(secret.authorizations) > 12 and set(secret.authorizations) == {"Bearer sf_the-teams-key"}
     assert typed.authorizations and set(typed.authorizations) == {None}
+
+
+def test_segment_collection_runs_where_an_event_loop_already_runs(dataset, service):
+    """As in a Jupyter notebook, whose kernel runs an event loop (asyncio.run refuses to start there)."""
+    from fiftyone_plugin.segment import SegmentRun, Service, segment_collection
+
+    async def notebook_cell():
+        run = SegmentRun(prompts=["thing"], label_field="from_notebook", threshold=THRESHOLD)
+        return segment_collection(dataset, run, Service(url=service))
+
+    assert asyncio.run(notebook_cell()).done == len(dataset)
+    assert dataset.count("from_notebook.detections") > 0
 
 
 def test_segment_operator_stores_the_sdk_results(dataset, client, service):
