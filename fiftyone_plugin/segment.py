@@ -86,16 +86,38 @@ class ImageLabels:
         self.run = run
         self.done_field = run.label_field
         self.chunk_size = run.chunk_size
+        self._groups: list[list[str]] | None = None
+        self._groups_lock = asyncio.Lock()
 
     async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> fo.Detections:
+        """One request per image for all the prompts (the service encodes the image once for
+        them), or as few as the service's `max_prompts` allows; each instance comes back
+        labelled with its prompt."""
         run = self.run
+        groups = await self.prompt_groups(client)
         results = await asyncio.gather(
             *(
-                client.segment(path, p, threshold=run.threshold, negative_prompts=run.negative_prompts)
-                for p in run.prompts
+                client.segment(path, group, threshold=run.threshold, negative_prompts=run.negative_prompts)
+                for group in groups
             )
         )
-        return await asyncio.to_thread(to_detections, dict(zip(run.prompts, results, strict=True)), mask_dir)
+        by_prompt = {
+            prompt: result.model_copy(update={"instances": [i for i in result.instances if i.label == prompt]})
+            for group, result in zip(groups, results, strict=True)
+            for prompt in group
+        }
+        return await asyncio.to_thread(to_detections, by_prompt, mask_dir)
+
+    async def prompt_groups(self, client: AsyncClient) -> list[list[str]]:
+        """The prompts in requests of as many as the service takes beside the negative prompts
+        (its `max_prompts` counts both), asked once per run."""
+        async with self._groups_lock:
+            if self._groups is None:
+                limit = (await client.info()).limits.max_prompts - len(self.run.negative_prompts)
+                size = max(1, limit)  # none left: the service refuses it, with its own message
+                prompts = self.run.prompts
+                self._groups = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+        return self._groups
 
     def write(self, view: foc.SampleCollection, finished: dict[str, fo.Detections]) -> None:
         view.set_values(self.run.label_field, finished, key_field="id")

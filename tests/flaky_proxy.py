@@ -26,6 +26,7 @@ class FlakyProxy:
         self.retry_after = retry_after
         self.calls: list[tuple[float, str]] = []  # (monotonic time, what was done)
         self.authorizations: list[str | None] = []  # each request's Authorization header
+        self.paths: list[str] = []  # and its path
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -66,6 +67,7 @@ class FlakyProxy:
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 proxy.authorizations.append(self.headers.get("authorization"))
+                proxy.paths.append(self.path)
                 step = proxy._next_step()
                 if step == "reset":
                     # SO_LINGER 0: close() sends a TCP RST, as a crashed or restarting server would.

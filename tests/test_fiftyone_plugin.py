@@ -142,6 +142,17 @@ def test_segment_collection_runs_where_an_event_loop_already_runs(dataset, servi
     assert dataset.count("from_notebook.detections") > 0
 
 
+def test_several_prompts_cost_one_request_per_image(dataset, service):
+    """The service encodes an image once for all the prompts of a request: counted at a proxy."""
+    with FlakyProxy(service, []) as counting:
+        result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
+                                      params={"prompts": "thing, cat, dog", "threshold": THRESHOLD, "url": counting.url})
+    assert result.result["done"] == len(dataset) == 6
+    assert counting.paths.count("/v1/segment") == len(dataset)
+    labels = {d.label for s in dataset for d in s["sam3"].detections}
+    assert labels and labels <= {"thing", "cat", "dog"}
+
+
 def test_segment_operator_stores_the_sdk_results(dataset, client, service):
     result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
                                   params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
