@@ -201,7 +201,10 @@ def refine_with_keypoints(
     with Client(service.url, api_key=service.api_key) as client:
         for sample in samples.exists(keypoints_field):
             width, height = sample.metadata.width, sample.metadata.height
-            existing = (sample.get_field(label_field) if sample.has_field(label_field) else None) or fo.Detections()
+            # The labels are read and saved on the sample itself, not as `samples` shows it: saving
+            # a view that filters `label_field` (the review view) would delete what it hides.
+            whole = sample.dataset[sample.id]
+            existing = (whole.get_field(label_field) if whole.has_field(label_field) else None) or fo.Detections()
             made = []
             for keypoint in sample[keypoints_field].keypoints:
                 points, labels = keypoint_clicks(keypoint, width, height)
@@ -214,7 +217,7 @@ def refine_with_keypoints(
                 made.append(detection)
             replaced = {d["keypoint_id"] for d in made}
             kept = [d for d in existing.detections if d.get_attribute_value("keypoint_id", None) not in replaced]
-            sample[label_field] = fo.Detections(detections=kept + made)
-            sample.save()
+            whole[label_field] = fo.Detections(detections=kept + made)
+            whole.save()
             count += len(made)
     return count

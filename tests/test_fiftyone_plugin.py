@@ -243,6 +243,25 @@ def test_refine_with_points_uses_keypoints_as_clicks(dataset, client, service):
         assert_masks_close(full_mask(det, w, h), expected.instances[0].array)
 
 
+def test_refine_from_a_filtered_view_keeps_the_labels_the_view_hides(dataset, service):
+    """Refining from a view that filters the label field (e.g. the low-score review view) must
+    not save the sample as the view shows it: FiftyOne would delete the hidden labels."""
+    from fiftyone import ViewField as F
+
+    from fiftyone_plugin.segment import Service, refine_with_keypoints
+
+    sample = dataset.first()
+    hidden = fo.Detection(label="kept", bounding_box=[0.1, 0.1, 0.2, 0.2], confidence=0.9)
+    shown = fo.Detection(label="shown", bounding_box=[0.5, 0.5, 0.2, 0.2], confidence=0.1)
+    sample["refined"] = fo.Detections(detections=[hidden, shown])
+    sample["clicks"] = fo.Keypoints(keypoints=[fo.Keypoint(label="cup", points=[(0.25, 0.25)])])
+    sample.save()
+    low_scores = dataset.filter_labels("refined", F("confidence") < 0.5)
+    assert refine_with_keypoints(low_scores, "clicks", "refined", Service(url=service)) == 1
+    sample.reload()
+    assert [d.label for d in sample["refined"].detections] == ["kept", "shown", "cup"]
+
+
 def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, tmp_path):
     foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
                          params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
