@@ -23,8 +23,7 @@ from fiftyone_plugin.video import VideoLabels
 from sdk import AsyncClient, Client
 from sdk.batch import run_batch
 from sdk.calls import segment_params
-from sdk.client import reduces
-from sdk.images import Upload
+from sdk.images import Upload, reduces
 
 Progress = Callable[[int, int, int], None]  # (done, failed, total)
 REFINE_IMAGES_ONLY = (

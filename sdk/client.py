@@ -18,8 +18,7 @@ import httpx
 
 from sdk import calls
 from sdk.batch import BackgroundBatch, BatchItem, run_batch
-from sdk.errors import ValidationError
-from sdk.images import ImageInput, Upload
+from sdk.images import ImageInput, Upload, reduces
 from sdk.results import Result
 from sdk.schema import HealthResponse, InfoResponse, StatusResponse, VideoFrame
 from sdk.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL, Call, RetryPolicy, Settings, VideoStream, finish, retry_delay
@@ -29,12 +28,6 @@ ImageT = TypeVar("ImageT", bound=ImageInput)
 
 
 UNKNOWN = object()  # the model's input size before /v1/info has been asked
-
-
-def reduces(upload: Upload) -> bool:
-    if upload not in ("reduced", "original"):
-        raise ValidationError(f"upload must be 'reduced' or 'original', not {upload!r}")
-    return upload == "reduced"
 
 
 def _settings(
@@ -121,7 +114,7 @@ class Client:
         return self._send(calls.segment_points(image, points, reduce_to=reduce_to, **params)).with_image(image)
 
     def _reduce_to(self, upload: Upload | None) -> int | None:
-        if not reduces(upload or self.settings.upload):
+        if not self.settings.reduces(upload):
             return None
         if self._input_size is UNKNOWN:  # asked once per client: the model does not change under it
             self.info()
@@ -145,7 +138,7 @@ class Client:
         `item.error` set and the batch goes on.
         """
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
-        reduces(upload or self.settings.upload)
+        self.settings.reduces(upload)
         return self._in_background(
             "segment_many",
             images,
@@ -171,7 +164,7 @@ class Client:
     ) -> BackgroundBatch[ImageT]:
         """`segment_points` with the same points/box on every image, like `segment_many`."""
         calls.points_params(points, **params)
-        reduces(upload or self.settings.upload)
+        self.settings.reduces(upload)
         return self._in_background(
             "segment_points_many",
             images,
@@ -291,7 +284,7 @@ class AsyncClient:
         return (await self._send(call)).with_image(image)
 
     async def _reduce_to(self, upload: Upload | None) -> int | None:
-        if not reduces(upload or self.settings.upload):
+        if not self.settings.reduces(upload):
             return None
         async with self._input_size_lock:
             if self._input_size is UNKNOWN:
@@ -331,7 +324,7 @@ class AsyncClient:
     ) -> AsyncIterator[BatchItem[ImageT]]:
         """`async for item in client.segment_many(paths, "cat", concurrency=16): ...` (see `run_batch`)."""
         calls.segment_params(prompt, **params)  # a bad parameter fails here, not once per image
-        reduces(upload or self.settings.upload)
+        self.settings.reduces(upload)
         return run_batch(
             images,
             lambda image: self.segment(image, prompt, reference_image=reference_image, upload=upload, **params),
@@ -352,7 +345,7 @@ class AsyncClient:
         **params: Any,
     ) -> AsyncIterator[BatchItem[ImageT]]:
         calls.points_params(points, **params)
-        reduces(upload or self.settings.upload)
+        self.settings.reduces(upload)
         return run_batch(
             images,
             lambda image: self.segment_points(image, points, upload=upload, **params),

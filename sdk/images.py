@@ -11,8 +11,18 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from sdk.errors import ValidationError
+
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 Upload = Literal["reduced", "original"]
+
+
+def reduces(upload: Upload) -> bool:
+    """Whether `upload` asks for reduced uploads; sdk.ValidationError for a value it does not know."""
+    if upload not in ("reduced", "original"):
+        raise ValidationError(f"upload must be 'reduced' or 'original', not {upload!r}")
+    return upload == "reduced"
+
 
 # A reduced lossy photo is sent as JPEG at this quality, chroma subsampled as cameras write it.
 # At full-size SAM3's input side (1008) the tiny model's masks from a 4000x3000 photo match the

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from sdk.errors import APIError, ConnectionError, TimeoutError, ValidationError
-from sdk.images import Upload
+from sdk.images import Upload, reduces
 from sdk.schema import TrackLine, VideoError, VideoFrame
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -96,6 +96,10 @@ class Settings:
         """The longest a call takes to give up on a service that accepts no connection: every
         attempt's connect timing out, plus the backoff between them."""
         return (self.retry.max_retries + 1) * self._connect_s() + self.retry.backoff_budget_s()
+
+    def reduces(self, upload: Upload | None = None) -> bool:
+        """Whether a call asking for `upload` (None: these settings' own) sends images reduced."""
+        return reduces(upload or self.upload)
 
     def _connect_s(self) -> float:
         return min(self.connect_timeout_s, self.timeout_s)  # a connect never outlasts the whole request
