@@ -12,6 +12,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_plugin import curation
 from fiftyone_plugin.segment import REFINE_IMAGES_ONLY, SegmentRun, Service, refine_with_keypoints, segment_collection
+from sdk.video import DEFAULT_VIDEO_ATTEMPTS
 
 DEFAULT_FIELD = "sam3"
 EXPORT_FORMATS: dict[str, list[curation.ExportFormat]] = {"both": ["coco", "png"], "coco": ["coco"], "png": ["png"]}
@@ -123,6 +124,14 @@ class SegmentWithSam3(foo.Operator):
             label="Save every N samples",
             description="A failed run keeps every chunk saved before it",
         )
+        inputs.int(
+            "video_attempts",
+            default=DEFAULT_VIDEO_ATTEMPTS,
+            min=1,
+            label="Attempts per video",
+            description="Videos: a stream that breaks (model replica or connection lost) has the video tracked "
+            "again from its first frame, up to this many tries in all",
+        )
         inputs.str(
             "mask_dir",
             required=False,
@@ -149,6 +158,7 @@ class SegmentWithSam3(foo.Operator):
             concurrency=ctx.params.get("concurrency", 8),
             upload=ctx.params.get("upload", "reduced"),
             chunk_size=ctx.params.get("chunk_size", 64),
+            video_attempts=ctx.params.get("video_attempts", DEFAULT_VIDEO_ATTEMPTS),
             mask_dir=Path(ctx.params["mask_dir"]) if ctx.params.get("mask_dir") else None,
         )
 

@@ -24,6 +24,7 @@ from sdk import AsyncClient, Client
 from sdk.batch import run_batch
 from sdk.calls import segment_params
 from sdk.images import Upload, reduces
+from sdk.video import DEFAULT_VIDEO_ATTEMPTS
 
 Progress = Callable[[int, int, int], None]  # (done, failed, total)
 REFINE_IMAGES_ONLY = (
@@ -53,6 +54,7 @@ class SegmentRun:
     upload: Upload = "reduced"  # images larger than the model's input sent reduced to it (sdk.Client)
     chunk_size: int = 64
     mask_dir: Path | None = None  # masks as PNG files (`mask_path`) instead of in the database
+    video_attempts: int = DEFAULT_VIDEO_ATTEMPTS  # tries per video and prompt when its stream breaks
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -61,8 +63,8 @@ class SegmentRun:
         for prompt in self.prompts:
             # Bad input fails here, before any request.
             segment_params(prompt, threshold=self.threshold, negative_prompts=self.negative_prompts)
-        if self.concurrency < 1 or self.chunk_size < 1:
-            raise ValueError("concurrency and chunk_size must be at least 1")
+        if self.concurrency < 1 or self.chunk_size < 1 or self.video_attempts < 1:
+            raise ValueError("concurrency, chunk_size and video_attempts must be at least 1")
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Video samples for "segment with SAM3": each prompt tracked through the video by the service,
 labels on every frame (`frames.<label_field>`), and a sample-level count of the frames written.
 
+A video counts only once complete: a stream that breaks (a replica or the connection lost) has
+the video tracked again from its first frame, up to `SegmentRun.video_attempts` tries
+(`sdk.video.track_whole_video`), and the frames of a broken stream are never written.
+
 The count is what marks a video done.  It is written after the video's frames, so a run killed
 between the two leaves the video pending and the re-run writes all its frames again, instead of
 skipping a half-written video.
@@ -17,7 +21,7 @@ import fiftyone.core.collections as foc
 
 from fiftyone_plugin.labels import frame_detections
 from sdk import AsyncClient
-from sdk.schema import VideoFrame
+from sdk.video import track_whole_video
 
 if TYPE_CHECKING:
     from fiftyone_plugin.segment import SegmentRun
@@ -42,9 +46,12 @@ class VideoLabels:
         self.done_field = done_field(run.label_field)
         # One video at a time: a video is many frames of work, so a crash should lose none that finished.
         self.chunk_size = 1
+        self.attempts = run.video_attempts
 
     async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> dict[int, fo.Detections]:
-        tracked = await asyncio.gather(*(_track(client, path, prompt) for prompt in self.prompts))
+        tracked = await asyncio.gather(
+            *(track_whole_video(client, path, prompt, attempts=self.attempts) for prompt in self.prompts)
+        )
         return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir)
 
     def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
@@ -52,7 +59,3 @@ class VideoLabels:
         view.set_values(
             self.done_field, {sample_id: len(frames) for sample_id, frames in finished.items()}, key_field="id"
         )
-
-
-async def _track(client: AsyncClient, path: str, prompt: str) -> list[VideoFrame]:
-    return [frame async for frame in client.track_video(path, prompt)]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import signal
 import sys
@@ -12,9 +13,10 @@ import time
 from pathlib import Path
 
 from sdk.annotate import AnnotationRequest, FolderAnnotator
-from sdk.client import Client
+from sdk.client import AsyncClient, Client
 from sdk.errors import ConnectionError, SamfleetError
 from sdk.manifest import ManifestMismatch, OutputBusy
+from sdk.video import DEFAULT_VIDEO_ATTEMPTS, track_with_retries, write_frames
 
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "ray", "transformers", "yaml", "safetensors", "fastapi"), "serve"),
@@ -285,29 +287,43 @@ def _add_track(sub) -> None:
         help="a click on what is not the object (repeatable)",
     )
     p.add_argument("--frame", type=int, default=0, help="the frame the points are on; tracking starts there")
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=DEFAULT_VIDEO_ATTEMPTS,
+        help="tries in all when the stream breaks (connection lost, model replica lost): the whole video "
+        f"is tracked again from its first frame and --out rewritten (default {DEFAULT_VIDEO_ATTEMPTS})",
+    )
     _service_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_track, parser=p)
 
 
 def cmd_track(args) -> int:
-    from sdk.video import write_frames
-
     if not args.video.is_file():
         args.parser.error(f"{args.video} is not a file")
-    with Client(args.url, api_key=args.api_key) as client:
-        frames = client.track_video(
-            args.video,
-            args.prompt,
-            args.point + args.negative_point,
-            labels=[1] * len(args.point) + [0] * len(args.negative_point),
-            frame=args.frame,
-        )
-        try:
-            written = write_frames(frames, args.out, progress=not args.no_progress)
-        except SamfleetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+    if args.attempts < 1:
+        args.parser.error("--attempts must be at least 1")
+
+    async def track() -> int:
+        async with AsyncClient(args.url, api_key=args.api_key) as client:
+            return await track_with_retries(
+                client,
+                lambda frames: write_frames(frames, args.out, progress=not args.no_progress),
+                args.video,
+                args.prompt,
+                args.point + args.negative_point,
+                labels=[1] * len(args.point) + [0] * len(args.negative_point),
+                frame=args.frame,
+                attempts=args.attempts,
+                on_retry=lambda message: print(message, file=sys.stderr, flush=True),
+            )
+
+    try:
+        written = asyncio.run(track())
+    except SamfleetError as exc:  # after the retries' lines, which say how many attempts it took
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"{written} frames tracked; results in {args.out}/")
     return 0
 

@@ -185,7 +185,10 @@ class Client:
     ) -> Iterator[VideoFrame]:
         """Each frame's tracked instances (same `object_id` for the same object on every frame), as
         the service computes them (parameters: `calls.track_video`).  The request is sent on the
-        first `next()`; a stream cut short raises instead of ending quietly."""
+        first `next()`.  A stream cut short raises instead of ending quietly, saying how far it got:
+        `BrokenStreamError` when the connection breaks or the body ends early, `VideoStreamError`
+        when the service ends it with an error line.  To have the whole video sent again when that
+        is worth it, see `sdk.video.track_whole_video`."""
         call = calls.track_video(video, prompt, points, **params)
         stream = VideoStream(self.settings.url)
         response = self._send(call)
@@ -193,6 +196,8 @@ class Client:
             for line in response.iter_lines():
                 if line and (frame := stream.frame(line)) is not None:
                     yield frame
+        except httpx.TransportError as exc:
+            raise stream.broken(exc) from exc
         finally:
             response.close()  # also when the caller stops early: the server stops tracking
         stream.finished()
@@ -306,6 +311,8 @@ class AsyncClient:
             async for line in response.aiter_lines():
                 if line and (frame := stream.frame(line)) is not None:
                     yield frame
+        except httpx.TransportError as exc:
+            raise stream.broken(exc) from exc
         finally:
             await response.aclose()
         stream.finished()

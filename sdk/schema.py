@@ -305,6 +305,9 @@ class VideoError(BaseModel):
     """The last line of a stream that failed after it started (the status was already 200)."""
 
     type: Literal["error"] = "error"
+    # A stream's status is 200 whatever happens later: this says what the failure is worth to a
+    # client, as a status would (503: a lost replica, send the video again; 413: never).
+    status: int = Field(description="the HTTP status the same failure gets before a stream starts")
     error: ErrorDetail
 
 

@@ -8,14 +8,22 @@ import email.utils
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from sdk.errors import APIError, ConnectionError, TimeoutError, ValidationError
+from sdk.errors import (
+    APIError,
+    BrokenStreamError,
+    ConnectionError,
+    StreamProgress,
+    TimeoutError,
+    ValidationError,
+    VideoStreamError,
+)
 from sdk.images import Upload, reduces
 from sdk.schema import TrackLine, VideoError, VideoFrame
 
@@ -156,11 +164,13 @@ def parse_response(response: httpx.Response, model: type[BaseModel]) -> Any:
 
 class VideoStream:
     """Reads the NDJSON lines of /v1/video/track: `frame(line)` for each line as it arrives gives
-    the frame it carries, or None for the closing summary; `finished()` at the end of the body."""
+    the frame it carries, or None for the closing summary; `finished()` at the end of the body.
+    However the stream fails after its 200, the error says how far it got (`progress`)."""
 
     def __init__(self, url: str):
         self.url = url
         self.summarised = False
+        self.progress = StreamProgress(url)
 
     def frame(self, line: str) -> VideoFrame | None:
         try:
@@ -168,13 +178,26 @@ class VideoStream:
         except PydanticValidationError as exc:
             raise ValidationError(f"unexpected line from {self.url}: {exc}") from exc
         if isinstance(parsed, VideoError):
-            raise APIError(200, parsed.error.message, parsed.error.code, parsed.error.field)
-        self.summarised = not isinstance(parsed, VideoFrame)
-        return parsed if isinstance(parsed, VideoFrame) else None
+            detail = parsed.error
+            raise VideoStreamError(parsed.status, detail.message, detail.code, detail.field, self.progress)
+        if not isinstance(parsed, VideoFrame):
+            self.summarised = True
+            return None
+        self.progress = replace(
+            self.progress,
+            frames_received=self.progress.frames_received + 1,
+            last_frame=parsed.frame_index,
+            frame_count=parsed.frame_count,
+        )
+        return parsed
+
+    def broken(self, exc: httpx.TransportError) -> BrokenStreamError:
+        """What a network failure while reading the body (closed, reset, silent) amounts to."""
+        return BrokenStreamError(f"{exc.__class__.__name__}: {exc}", self.progress)
 
     def finished(self) -> None:
         if not self.summarised:
-            raise ConnectionError(f"the stream from {self.url} ended before its summary line")
+            raise BrokenStreamError("the body ended before its summary line", self.progress)
 
 
 def api_error(response: httpx.Response) -> APIError:

@@ -327,17 +327,21 @@ class Ingress:
             # The status (200) is sent: the stream's last line says what failed.
             except ServiceError as exc:  # e.g. more frames decoded than the packets said, a lost replica
                 yield ndjson(
-                    VideoError(error=ErrorDetail(code=exc.code, message=f"{exc.message} (after {sent} frames)"))
+                    VideoError(
+                        status=exc.status,
+                        error=ErrorDetail(code=exc.code, message=f"{exc.message} (after {sent} frames)"),
+                    )
                 )
                 return
             except Exception as exc:
                 log.exception("video tracking failed")
                 yield ndjson(
                     VideoError(
+                        status=500,
                         error=ErrorDetail(
                             code="tracking_failed",
                             message=f"tracking failed after {sent} frames: {exc.__class__.__name__}",
-                        )
+                        ),
                     )
                 )
                 return

@@ -2,21 +2,42 @@
 
 Used to prove the SDK's retries: each incoming request takes the next step of `script`
 ("reset": close the connection without answering, an int: answer that status, "slow": answer
-after a long pause), and once the script is used up requests are forwarded to `upstream`.
+after a long pause, a `CutStream`: forward a streamed answer and break it partway), and once the
+script is used up requests are forwarded to `upstream`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
 SLOW_S = 3.0
+
+
+@dataclass(frozen=True)
+class CutStream:
+    """Forward the upstream answer's status and its first `lines` lines, streamed (chunked, as the
+    service sends them), then `end` it: "close" the connection mid-body, "reset" it, "finish" the
+    body cleanly there, or, given `error=(status, code)`, finish it with that VideoError line."""
+
+    lines: int
+    end: str = "close"
+    error: tuple[int, str] | None = None
+
+    def closing_line(self) -> bytes | None:
+        if self.error is None:
+            return None
+        status, code = self.error
+        return json.dumps({"type": "error", "status": status,
+                           "error": {"code": code, "message": f"scripted {code}"}}).encode() + b"\n"
 
 
 class FlakyProxy:
@@ -70,10 +91,7 @@ class FlakyProxy:
                 proxy.paths.append(self.path)
                 step = proxy._next_step()
                 if step == "reset":
-                    # SO_LINGER 0: close() sends a TCP RST, as a crashed or restarting server would.
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.close_connection = True
-                    self.connection.close()
+                    self._reset()
                     return
                 if step == "slow":
                     time.sleep(SLOW_S)
@@ -83,9 +101,46 @@ class FlakyProxy:
                                  **({"retry-after": proxy.retry_after} if proxy.retry_after else {})})
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+                if isinstance(step, CutStream):
+                    self._cut(step, body, headers)
+                    return
                 answer = httpx.request(self.command, proxy.upstream + self.path, content=body, headers=headers,
                                        timeout=60)
                 self._reply(answer.status_code, answer.content, {"content-type": answer.headers["content-type"]})
+
+            def _reset(self) -> None:
+                # SO_LINGER 0: close() sends a TCP RST, as a crashed or restarting server would.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+
+            def _cut(self, cut: CutStream, body: bytes, headers: dict) -> None:
+                with httpx.stream(self.command, proxy.upstream + self.path, content=body, headers=headers,
+                                  timeout=60) as answer:
+                    if answer.status_code != 200:  # refused before streaming: forwarded as it is
+                        self._reply(answer.status_code, answer.read(), {"content-type": answer.headers["content-type"]})
+                        return
+                    self.send_response(200)
+                    self.send_header("content-type", answer.headers["content-type"])
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    lines = answer.iter_lines()
+                    for _ in range(cut.lines):
+                        self._chunk(next(lines).encode() + b"\n")
+                # Leaving the upstream answer unread closes it: the service stops tracking, as
+                # it does when any client goes away.
+                if cut.end == "reset":
+                    self._reset()
+                    return
+                if cut.end == "close":
+                    self.close_connection = True  # no last chunk: the body is cut mid-stream
+                    return
+                if (line := cut.closing_line()) is not None:
+                    self._chunk(line)
+                self._chunk(b"")  # the zero-length chunk: the body ends here
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
             def _reply(self, status: int, body: bytes, headers: dict) -> None:
                 self.send_response(status)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from compare import BATCH, assert_masks_close, assert_same_answer
 from conftest import ray_processes, wait_for, wait_for_ray_exit
-from flaky_proxy import FlakyProxy
+from flaky_proxy import CutStream, FlakyProxy
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 from fiftyone_plugin import curation
@@ -328,13 +328,14 @@ def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, t
 
 VIDEO_PROMPTS = ["red square", "square"]
 CLICK = [[8, 8]]  # on the right-moving square of moving_squares_clip
+VIDEO_FRAMES = (4, 6)  # the clips' lengths
 
 
 @pytest.fixture
 def video_dataset(plugin, tmp_path, request):
     ds = fo.Dataset(request.node.name[:60], overwrite=True)
     paths = []
-    for i, frames in enumerate((4, 6)):
+    for i, frames in enumerate(VIDEO_FRAMES):
         path = tmp_path / f"clip{i}.mkv"
         path.write_bytes(moving_squares_clip(frames)[0])
         paths.append(path)
@@ -414,6 +415,21 @@ def test_video_skip_existing_resumes_and_overwrite_redoes(video_dataset, client,
     assert all(Path(p).is_file() for p in video_dataset.values("frames.sam3.detections.mask_path", unwind=True))
     for sample in video_dataset:
         assert_frames_match_sdk(sample, "sam3", sdk_tracks(client, sample.filepath, points=CLICK))
+
+
+def test_a_broken_video_stream_is_tracked_again_and_every_frame_labelled_once(video_dataset, service, clicked):
+    # One prompt and one video at a time: the cut stream never meets two others at the replica's
+    # concurrent_videos, whose 503 (retried by the client) would add a request to the count.
+    with FlakyProxy(service, [CutStream(2)]) as proxy:
+        params = {"prompts": VIDEO_PROMPTS[0], "url": proxy.url, "concurrency": 1}
+        result = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    assert result == {"done": 2, "skipped": 0, "failed": 0, "errors": {}}
+    assert proxy.paths == ["/v1/video/track"] * 3, "each video once, the one whose stream broke twice"
+    for sample, frames in zip(video_dataset, VIDEO_FRAMES, strict=True):
+        assert list(sample.frames.keys()) == list(range(1, frames + 1))
+        assert sample[done_field("sam3")] == frames
+        for frame in sample.frames.values():  # the clicked square, once per frame
+            assert [(d.prompt, d.index) for d in frame["sam3"].detections] == [(VIDEO_PROMPTS[0], 1)]
 
 
 def test_video_refuses_what_the_tracking_api_cannot_do(video_dataset, service):
