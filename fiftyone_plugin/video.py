@@ -16,6 +16,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from fiftyone_plugin.labels import frame_detections
+from fiftyone_plugin.sample_prompts import NO_PROMPTS, SamplePrompts
 from sdk import AsyncClient
 from sdk.schema import VideoFrame
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from fiftyone_plugin.segment import SegmentRun
 
 FRAMES = "frames."
+VIDEO_PROMPT_FIELD = (
+    "a prompt field (exemplar boxes, keypoints) applies to images only: videos are tracked from text prompts"
+)
 
 
 def done_field(label_field: str) -> str:
@@ -43,7 +47,11 @@ class VideoLabels:
         # One video at a time: a video is many frames of work, so a crash should lose none that finished.
         self.chunk_size = 1
 
-    async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> dict[int, fo.Detections]:
+    async def label(
+        self, client: AsyncClient, path: str, mask_dir: Path | None, own: SamplePrompts = NO_PROMPTS
+    ) -> dict[int, fo.Detections]:
+        if own:
+            raise ValueError(VIDEO_PROMPT_FIELD)
         tracked = await asyncio.gather(*(_track(client, path, prompt) for prompt in self.prompts))
         return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir)
 
