@@ -77,6 +77,17 @@ def to_detection(
     return detection
 
 
+def clicked_detection(
+    result: Result, label: str | None, keypoint_id: str, mask_path: Path | None = None
+) -> fo.Detection:
+    """The object segmented at a keypoint's points (`segment_points`), labelled like the keypoint
+    and remembering it (`keypoint_id`), so that a re-run can replace it."""
+    detection = to_detection(result.instances[0], result.width, result.height, POINTS_PROMPT, mask_path)
+    detection.label = label or detection.label
+    detection["keypoint_id"] = keypoint_id
+    return detection
+
+
 def to_detections(results: Mapping[str, Result | FrameResult], mask_dir: Path | None = None) -> fo.Detections:
     """One Detections from the results of several prompts on one image or frame (`{prompt: result}`).
 

@@ -8,7 +8,7 @@ not yet done (label field still empty; videos: see `fiftyone_plugin.video`), whi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +18,11 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.media as fom
 
-from fiftyone_plugin.labels import POINTS_PROMPT, keypoint_clicks, to_detection, to_detections
+from fiftyone_plugin.labels import clicked_detection, keypoint_clicks, to_detections
+from fiftyone_plugin.sample_prompts import EXEMPLAR_ONLY, NO_PROMPTS, SamplePrompts
 from fiftyone_plugin.video import VideoLabels
 from sdk import AsyncClient, Client
-from sdk.batch import run_batch
+from sdk.batch import BatchItem, run_batch
 from sdk.calls import segment_params
 from sdk.images import Upload, reduces
 from sdk.video import DEFAULT_VIDEO_ATTEMPTS
@@ -90,24 +91,44 @@ class ImageLabels:
         self._groups: list[list[str]] | None = None
         self._groups_lock = asyncio.Lock()
 
-    async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> fo.Detections:
+    async def label(
+        self, client: AsyncClient, path: str, mask_dir: Path | None, own: SamplePrompts = NO_PROMPTS
+    ) -> fo.Detections:
         """One request per image for all the prompts (the service encodes the image once for
         them), or as few as the service's `max_prompts` allows; each instance comes back
-        labelled with its prompt."""
+        labelled with its prompt.  The image's `own` prompts (`fiftyone_plugin.model`'s
+        prompt field) add a request per prompt refined by exemplar boxes, and one per clicked
+        object."""
         run = self.run
-        groups = await self.prompt_groups(client)
-        results = await asyncio.gather(
-            *(
-                client.segment(path, group, threshold=run.threshold, negative_prompts=run.negative_prompts)
-                for group in groups
-            )
+        texts = [[p for p in group if p not in own.boxes] for group in await self.prompt_groups(client)]
+        texts = [group for group in texts if group]
+        params: dict[str, Any] = {"threshold": run.threshold, "negative_prompts": run.negative_prompts}
+        found, exemplified, clicked = await asyncio.gather(
+            asyncio.gather(*(client.segment(path, group, **params) for group in texts)),
+            asyncio.gather(
+                *(
+                    client.segment(path, None if prompt == EXEMPLAR_ONLY else prompt, exemplars=boxes, **params)
+                    for prompt, boxes in own.boxes.items()
+                )
+            ),
+            asyncio.gather(*(client.segment_points(path, c.points, labels=c.labels) for c in own.clicks)),
         )
         by_prompt = {
             prompt: result.model_copy(update={"instances": [i for i in result.instances if i.label == prompt]})
-            for group, result in zip(groups, results, strict=True)
+            for group, result in zip(texts, found, strict=True)
             for prompt in group
         }
-        return await asyncio.to_thread(to_detections, by_prompt, mask_dir)
+        by_prompt.update(zip(own.boxes, exemplified, strict=True))
+
+        def detections() -> fo.Detections:
+            labels = to_detections(by_prompt, mask_dir)
+            labels.detections += [
+                clicked_detection(result, c.label, c.keypoint_id, mask_dir / f"points-{k}.png" if mask_dir else None)
+                for k, (c, result) in enumerate(zip(own.clicks, clicked, strict=True))
+            ]
+            return labels
+
+        return await asyncio.to_thread(detections)
 
     async def prompt_groups(self, client: AsyncClient) -> list[list[str]]:
         """The prompts in requests of as many as the service takes beside the negative prompts
@@ -122,6 +143,32 @@ class ImageLabels:
 
     def write(self, view: foc.SampleCollection, finished: dict[str, fo.Detections]) -> None:
         view.set_values(self.run.label_field, finished, key_field="id")
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What is asked for one sample: its media file, where its masks go (None: in the
+    database), and the prompts it brings itself."""
+
+    id: str
+    path: str
+    mask_dir: Path | None = None
+    own: SamplePrompts = NO_PROMPTS
+
+
+def label_each(
+    client: AsyncClient, media: ImageLabels | VideoLabels, samples: Iterable[SampleRequest], concurrency: int
+) -> AsyncIterator[BatchItem[SampleRequest]]:
+    """Each sample's labels as they finish, `concurrency` samples at a time, a failed sample's
+    error on its item: the one request path of "segment with SAM3" (`segment_collection`) and
+    of `dataset.apply_model` (`fiftyone_plugin.model`)."""
+    return run_batch(
+        samples,
+        lambda sample: media.label(client, sample.path, sample.mask_dir, sample.own),
+        concurrency=concurrency,
+        progress=False,
+        ordered=False,
+    )
 
 
 def segment_collection(
@@ -171,18 +218,17 @@ async def _segment(
         if progress:
             progress(summary.done, len(summary.failed), len(samples))
 
+    requests = (
+        SampleRequest(sample_id, path, run.mask_dir / sample_id / run.label_field if run.mask_dir else None)
+        for sample_id, path in samples
+    )
     async with AsyncClient(service.url, api_key=service.api_key, upload=run.upload) as client:
-
-        async def label(sample: tuple[str, str]) -> Any:
-            sample_id, path = sample
-            return await media.label(client, path, run.mask_dir / sample_id / run.label_field if run.mask_dir else None)
-
         try:
-            async for item in run_batch(samples, label, concurrency=run.concurrency, progress=False, ordered=False):
+            async for item in label_each(client, media, requests, run.concurrency):
                 if item.ok:
-                    finished[item.image[0]] = item.result
+                    finished[item.image.id] = item.result
                 else:
-                    summary.failed[item.image[0]] = str(item.error)
+                    summary.failed[item.image.id] = str(item.error)
                 if len(finished) >= media.chunk_size:
                     save()
         finally:
@@ -212,10 +258,7 @@ def refine_with_keypoints(
                 if not points:
                     continue
                 result = client.segment_points(sample.filepath, points, labels=labels)
-                detection = to_detection(result.instances[0], width, height, POINTS_PROMPT)
-                detection.label = keypoint.label or detection.label
-                detection["keypoint_id"] = keypoint.id
-                made.append(detection)
+                made.append(clicked_detection(result, keypoint.label, keypoint.id))
             replaced = {d["keypoint_id"] for d in made}
             kept = [d for d in existing.detections if d.get_attribute_value("keypoint_id", None) not in replaced]
             whole[label_field] = fo.Detections(detections=kept + made)

@@ -20,6 +20,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from fiftyone_plugin.labels import frame_detections
+from fiftyone_plugin.sample_prompts import NO_PROMPTS, SamplePrompts
 from sdk import AsyncClient
 from sdk.video import track_whole_video
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from fiftyone_plugin.segment import SegmentRun
 
 FRAMES = "frames."
+VIDEO_PROMPT_FIELD = (
+    "a prompt field (exemplar boxes, keypoints) applies to images only: videos are tracked from text prompts"
+)
 
 
 def done_field(label_field: str) -> str:
@@ -48,7 +52,11 @@ class VideoLabels:
         self.chunk_size = 1
         self.attempts = run.video_attempts
 
-    async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> dict[int, fo.Detections]:
+    async def label(
+        self, client: AsyncClient, path: str, mask_dir: Path | None, own: SamplePrompts = NO_PROMPTS
+    ) -> dict[int, fo.Detections]:
+        if own:
+            raise ValueError(VIDEO_PROMPT_FIELD)
         tracked = await asyncio.gather(
             *(track_whole_video(client, path, prompt, attempts=self.attempts) for prompt in self.prompts)
         )
