@@ -11,7 +11,7 @@ XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve lint test test-fast test-lower-bounds gpu-check clean chromium
+.PHONY: install demo serve lint test test-fast test-lower-bounds gpu-check clean system-packages
 
 install: $(VENV)/.installed
 
@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff check
 	$(PY) -m mypy
 
-test: install $(MONGOD) chromium
+test: install $(MONGOD) system-packages
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The tests that start no Ray service (pyproject: the `service` marker): about a minute.
@@ -61,9 +61,12 @@ MODEL ?=
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py $(if $(MODEL),--model $(MODEL))
 
-# The App tests drive Debian's Chromium (Playwright never downloads a browser here).
-chromium:
-	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+# The App tests drive Debian's Chromium (Playwright never downloads a browser here); FiftyOne's
+# apply_model reads each video's metadata with ffmpeg's ffprobe before the model sees it.
+SYSTEM_PACKAGES := chromium ffmpeg
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 $(MONGOD): .ci/fetch-mongod
 	bash .ci/fetch-mongod $(abspath $(dir $@)/..)

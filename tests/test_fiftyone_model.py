@@ -122,15 +122,7 @@ def test_zoo_source_registers_loads_without_weights_and_labels(dataset, client, 
 
 def test_video_dataset_gets_frame_labels(video_dataset, client, service, clicked):
     model = SamfleetModel.of(url=service, classes=VIDEO_PROMPTS, media_type="video")
-    if shutil.which("ffmpeg"):
-        video_dataset.apply_model(model, "sam3")
-    else:
-        # apply_model opens each video with ffmpeg (which the model does not read: it sends the
-        # file); without it, the two calls it makes per video.
-        with model:
-            for sample in video_dataset:
-                sample.add_labels(model.predict(None, sample=sample), label_field="sam3")
-                sample.save()
+    video_dataset.apply_model(model, "sam3")  # FiftyOne reads each video's metadata with ffprobe: make test installs ffmpeg
     assert video_dataset.count("frames.sam3.detections") > 0, "nothing tracked: test is vacuous"
     for sample in video_dataset:
         assert_frames_match_sdk(sample, "sam3", sdk_tracks(client, sample.filepath, points=CLICK), counted=False)
