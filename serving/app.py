@@ -14,7 +14,15 @@ from serving.ingress import Ingress
 from serving.model_deployment import SAM3Model
 
 
-def build_app(args: dict, deployment_options: dict[str, dict] | None = None) -> Application:
+def build_app(args: dict) -> Application:
+    """The Serve config's `import_path`.  Serve calls it with `args` alone (it refuses builders that
+    take more parameters: ray/serve/_private/api.py, call_user_app_builder_with_args_if_necessary)
+    and applies the file's `deployments:` itself."""
+    return application(args)
+
+
+def application(args: dict, deployment_options: dict[str, dict] | None = None) -> Application:
+    """The application with `deployment_options` applied here: how `samfleet serve` runs it."""
     config = ServiceConfig.model_validate(args or {}).model_dump()
     options = deployment_options or {}
     # @serve.deployment makes each class a Deployment, but mypy keeps a decorated class's own type.

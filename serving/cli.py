@@ -55,6 +55,7 @@ def add_service_commands(sub) -> None:
     )
     double.add_argument("dir", type=Path)
     double.add_argument("--forward-ms", type=float, default=30.0, help="simulated GPU time per batch")
+    double.add_argument("--frame-ms", type=float, default=45.0, help="simulated GPU time per video frame")
     double.set_defaults(func=cmd_make_output_double)
 
 
@@ -75,7 +76,7 @@ def cmd_make_tiny_model(args) -> int:
 def cmd_make_output_double(args) -> int:
     from serving.output_double import NOTICE, build_output_double
 
-    print(f"wrote {build_output_double(args.dir, args.forward_ms)}: {NOTICE}")
+    print(f"wrote {build_output_double(args.dir, args.forward_ms, args.frame_ms)}: {NOTICE}")
     return 0
 
 

@@ -13,10 +13,10 @@ from serving.embedding_cache import EmbeddingCache
 from serving.errors import ServiceError
 from serving.metrics import BatchMetrics, TextCacheMetrics
 from serving.model_loader import load_sam3
-from serving.output_double import SegmentOutputDouble, is_output_double
+from serving.output_double import SegmentOutputDouble, TrackerOutputDouble, is_output_double
 from serving.predictor import PointsItem, RawDetections, RawPointMasks, Sam3Predictor, SegmentItem
 from serving.video_loader import load_sam3_video
-from serving.video_tracking import Sam3VideoTracker, TrackedFrame, TrackRequest, track_video
+from serving.video_tracking import Sam3VideoTracker, TrackedFrame, TrackRequest, VideoTracker, track_video
 
 DEFAULT_BATCH = ServiceConfig().batching
 # A video holds its slot for seconds to minutes; retrying sooner would only be refused again.
@@ -32,6 +32,7 @@ class SAM3Model:
         self.videos_running = 0
         if is_output_double(self.config.model):  # the benchmarks' stand-in for a GPU: no model at all
             self.segmenter: Sam3Predictor | SegmentOutputDouble = SegmentOutputDouble(self.config.model)
+            self.video: VideoTracker = TrackerOutputDouble(self.config.model)
             self.predictor = None
         else:
             self.loaded = load_sam3(self.config)
@@ -66,7 +67,6 @@ class SAM3Model:
         replica's weights (serving.video_loader), so a GPU holds one copy, and image requests keep
         being batched on the replica while a video runs in a worker thread.
         """
-        self._real_model()
         if self.videos_running >= self.config.concurrent_videos:
             raise ServiceError(
                 503,
@@ -89,7 +89,7 @@ class SAM3Model:
                 422,
                 "not_available",
                 "this service runs the benchmarks' output double, which only "
-                "answers /v1/segment; point and video requests need a real model",
+                "answers /v1/segment and /v1/video/track; point requests need a real model",
             )
         return self.predictor
 

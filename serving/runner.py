@@ -129,31 +129,53 @@ def start(
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import application
 
-    if address:
-        ray.init(address=address)
-        notes = []
-    else:
-        # address="local": always a Ray of our own, never a cluster someone started with `ray start`.
-        # Logical CPUs only: the deployments' replicas may share the machine's cores.
-        cores = len(os.sched_getaffinity(0))
-        ray.init(
-            address="local",
-            num_cpus=max(8, 4 * cores),
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            configure_logging=False,
-            log_to_driver=False,
-        )
-        notes = fit_to_cluster(settings, ray.cluster_resources().get("GPU", 0), cores)
+    init_ray(address=address, num_gpus=num_gpus)
+    notes = (
+        [] if address else fit_to_cluster(settings, ray.cluster_resources().get("GPU", 0), len(os.sched_getaffinity(0)))
+    )
     serve.start(proxy_location=settings.proxy_location, http_options={"host": settings.host, "port": settings.port})
-    app = build_app(settings.args, settings.deployment_options)
+    app = application(settings.args, settings.deployment_options)
     deadline = time.monotonic() + wait_s
     serve.run(app, name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
     wait_healthy(settings.url, deadline)
     return notes
+
+
+def init_ray(*, address: str | None = None, num_gpus: int | None = None) -> None:
+    """Join the Ray cluster at `address`, or start an embedded local Ray (`num_gpus`: see `start`)."""
+    import ray
+
+    if address:
+        ray.init(address=address)
+        return
+    # address="local": always a Ray of our own, never a cluster someone started with `ray start`.
+    # Logical CPUs only: the deployments' replicas may share the machine's cores.
+    ray.init(
+        address="local",
+        num_cpus=max(8, 4 * len(os.sched_getaffinity(0))),
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+        log_to_driver=False,
+    )
+
+
+def deploy_config(raw: dict) -> None:
+    """What `serve deploy FILE` (and KubeRay) do with a Serve config: the controller applies it,
+    so each change is judged as on a cluster: new `args` roll every replica out, a new autoscaling
+    policy or grace period only reconfigures them.  (`start` deploys the application from Python
+    instead, which Serve always treats as new code.)  Starts Serve with the file's HTTP options."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(raw)
+    # The dashboard's REST endpoint behind `serve deploy` calls the same two
+    # (ray/dashboard/modules/serve/serve_head.py, Ray 2.60).
+    client = serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+    client.deploy_apps(config)
 
 
 def stop(*, shutdown_ray: bool = True) -> None:

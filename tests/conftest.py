@@ -36,6 +36,9 @@ SERVICE_FIXTURES = {"service", "client", "service_config"}
 LONGEST_FIRST = [
     "test_autoscaling.py::TestClusterMode",
     "test_autoscaling.py::TestReplicaMode",
+    "test_fleet_lifecycle.py::TestDownscale",
+    "test_fleet_lifecycle.py::TestRollout",
+    "test_fleet_lifecycle.py::TestNodeLoss",
     "test_annotate_cli.py",
     "test_fiftyone_plugin.py",
     "test_fiftyone_app.py",

@@ -17,6 +17,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.serve.schema import ServeDeploySchema
 
 from serving import runner
+from serving.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 KUBERAY = REPO / "deploy/kuberay"
@@ -155,3 +156,18 @@ def test_a_machine_without_gpus_runs_one_replica_per_deployment_with_every_core(
     runner.fit_to_cluster(fixed, gpus_available=0, cpu_cores=6)
     assert fixed.deployment_options["SAM3Model"]["num_replicas"] == 2
     assert fixed.deployment_options["SAM3Model"]["ray_actor_options"]["num_cpus"] == 3  # the cores shared out
+
+
+# The tracking rate the grace periods are sized for (serving/serve_config.yaml says why).
+PLANNED_VIDEO_FRAMES_PER_S = 22.8
+
+
+def test_replicas_being_stopped_have_time_to_finish_the_longest_video():
+    """A longer max_video_frames or more concurrent_videos without a longer grace would cut videos
+    at every rollout and downscale again (issue 20; tests/test_fleet_lifecycle.py shows it)."""
+    app = runner.load_config()["applications"][0]
+    grace = {d["name"]: d["graceful_shutdown_timeout_s"] for d in app["deployments"]}
+    args = ServiceConfig.model_validate(app["args"])
+    longest_video_s = args.limits.max_video_frames / (PLANNED_VIDEO_FRAMES_PER_S / args.concurrent_videos)
+    assert grace[runner.MODEL_DEPLOYMENT] >= longest_video_s
+    assert grace["Ingress"] > grace[runner.MODEL_DEPLOYMENT]  # it relays the stream, then encodes
