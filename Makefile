@@ -11,7 +11,7 @@ XDIST ?= -n 2 --dist loadscope --no-loadscope-reorder
 # FiftyOne's database for the plugin tests (see .ci/fetch-mongod for why it is fetched by hand).
 MONGOD := .cache/mongodb/bin/mongod
 
-.PHONY: install demo serve lint test test-fast test-lower-bounds gpu-check clean system-packages
+.PHONY: install demo serve lint test test-fast test-fleet test-lower-bounds gpu-check clean system-packages
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,13 @@ lint: install
 	$(PY) -m mypy
 
 test: install $(MONGOD) system-packages
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not fleet" $(XDIST) $(PYTEST_ARGS)
+
+# The fleet scenarios (pyproject: the `fleet` marker), each a Ray of its own in a process of its
+# own, mostly waiting on the fleet (replicas scaling, draining, a node coming back): autoscaling,
+# rollout, downscale and node loss with work in flight.  CI runs them after `make test`.
+test-fleet: install
+	$(PY) -m pytest -m fleet $(XDIST) $(PYTEST_ARGS)
 
 # The tests that start no Ray service (pyproject: the `service` marker): about a minute.
 test-fast: install $(MONGOD)

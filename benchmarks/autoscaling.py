@@ -260,8 +260,14 @@ class FakeCluster:
             time.sleep(1)
 
     def session_pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-        return [int(pid) for pid, sid in (line.split() for line in out.splitlines()) if int(sid) == self.process.pid]
+        """The cluster's live processes.  Zombies are left out: a killed node's processes lose
+        their parent, and a container's init may be slow to reap them (or never do)."""
+        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+        return [
+            int(pid)
+            for pid, sid, stat in (line.split() for line in out.splitlines())
+            if int(sid) == self.process.pid and not stat.startswith("Z")
+        ]
 
     def stop(self, timeout_s: float = 30) -> None:
         import signal

@@ -20,6 +20,7 @@ cluster, whose autoscaler brings a GPU node up for the replica Serve starts in p
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -36,6 +37,8 @@ from pathlib import Path
 from autoscaling import FAST_METRICS, MODEL, FakeCluster
 from common import free_port
 
+from sdk.video import DEFAULT_VIDEO_ATTEMPTS
+
 INGRESS = "Ingress"
 APP = "samfleet"
 RAY_DEFAULT_GRACE_S = 20.0  # ray.serve's DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
@@ -48,11 +51,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=["rollout", "downscale", "node-loss"])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--video-s", type=float, default=60.0, help="each video's length in tracking time")
+    p.add_argument(
+        "--video-s",
+        type=float,
+        help="each video's length in tracking time (default: rollout 150 s, since the old replicas only begin "
+        "to stop once the new ones run, which a loaded 2-core machine has taken 84 s to start; else 60 s)",
+    )
     p.add_argument("--video-frames", type=int, default=400)
     p.add_argument("--grace-s", type=float, help="both deployments' graceful_shutdown_timeout_s (default: shipped)")
     p.add_argument("--images", type=int, default=40, help="node-loss: images in the annotated folder")
     args = p.parse_args()
+    if args.video_s is None:
+        args.video_s = 150.0 if args.scenario == "rollout" else 60.0
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.update(FAST_METRICS)
     run = {"rollout": rollout, "downscale": downscale, "node-loss": node_loss}[args.scenario]
@@ -194,26 +204,35 @@ def clip(frames: int, size: tuple[int, int] = (48, 64)) -> bytes:
 
 
 class VideoRun:
-    """One video through the SDK's `Client.track_video`, in a background thread: the frames that
-    arrived, and how the stream ended (complete = the summary line; else the SDK's exception)."""
+    """One video through the SDK (`sdk.video.track_with_retries`: at most `attempts` streams, the
+    whole video again after one breaks), in a background thread: the frames of the last stream,
+    the retries said, and how it ended (complete = the summary line; else the SDK's exception)."""
 
-    def __init__(self, url: str, video: bytes, clock: Clock):
-        self.url, self.video, self.clock = url, video, clock
+    def __init__(self, url: str, video: bytes, clock: Clock, attempts: int = 1):
+        self.url, self.video, self.clock, self.attempts = url, video, clock, attempts
         self.frames = 0
         self.first_frame_at: float | None = None
+        self.retries: list[str] = []
         self.result: dict = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        from sdk import Client
+    async def _receive(self, frames) -> None:
+        self.frames = 0  # a retry starts the video over
+        async for frame in frames:
+            assert frame.frame_index == self.frames, "frames out of order"
+            self.frames += 1
+            self.first_frame_at = self.first_frame_at or self.clock.now()
+
+    async def _run(self) -> None:
+        from sdk import AsyncClient
+        from sdk.video import track_with_retries
 
         try:
-            with Client(self.url) as client:
-                for frame in client.track_video(self.video, PROMPT):
-                    assert frame.frame_index == self.frames, "frames out of order"
-                    self.frames += 1
-                    self.first_frame_at = self.first_frame_at or self.clock.now()
+            async with AsyncClient(self.url) as client:
+                await track_with_retries(
+                    client, self._receive, self.video, PROMPT, attempts=self.attempts, on_retry=self.retries.append
+                )
             ended = {"complete": True}
         except Exception as exc:  # noqa: BLE001 - whatever the SDK raises is part of the outcome
             ended = {"complete": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -221,6 +240,7 @@ class VideoRun:
             "frames": self.frames,
             "first_frame_at": self.first_frame_at,
             "ended_at": self.clock.now(),
+            "retries": self.retries,
             **ended,
         }
 
@@ -396,7 +416,9 @@ def node_loss(args) -> dict:
             (folder / f"img{index:03d}.png").write_bytes(png(index))
         clock = Clock()
         with serving(raw, address=head.address) as url, ReplicaWatch(clock) as watch:
-            video = VideoRun(url, clip(args.video_frames), clock)
+            # The SDK's default attempts, as `samfleet track` and the plugin use them: the stream
+            # breaks with the node, and the whole video is sent again once a replica is back.
+            video = VideoRun(url, clip(args.video_frames), clock, attempts=DEFAULT_VIDEO_ATTEMPTS)
             wait(video.started, 120, "the video's first frame")
             annotate = subprocess.Popen(
                 [

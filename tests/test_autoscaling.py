@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.fleet]
 REPO = Path(__file__).resolve().parents[1]
 # No timing goals here (benchmarks/autoscaling.py measures those): the replicas must scale up
 # while the load is on and back down within the settle window.  Both windows are wide because a
