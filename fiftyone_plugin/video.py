@@ -37,7 +37,8 @@ class VideoLabels:
     def __init__(self, run: SegmentRun):
         if run.negative_prompts:  # before any request, like every bad parameter
             raise ValueError("negative prompts apply to images only: the video tracking API has none")
-        self.prompts = run.prompts
+        self.prompts = run.texts
+        self.class_of = run.class_prompts.class_of
         self.frame_field = run.label_field.removeprefix(FRAMES)
         self.done_field = done_field(run.label_field)
         # One video at a time: a video is many frames of work, so a crash should lose none that finished.
@@ -45,7 +46,9 @@ class VideoLabels:
 
     async def label(self, client: AsyncClient, path: str, mask_dir: Path | None) -> dict[int, fo.Detections]:
         tracked = await asyncio.gather(*(_track(client, path, prompt) for prompt in self.prompts))
-        return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir)
+        return await asyncio.to_thread(
+            frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir, self.class_of
+        )
 
     def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
         view.set_values(FRAMES + self.frame_field, finished, key_field="id")

@@ -22,7 +22,7 @@ from conftest import ray_processes, wait_for, wait_for_ray_exit
 from flaky_proxy import FlakyProxy
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
-from fiftyone_plugin import curation
+from fiftyone_plugin import curation, runs
 from fiftyone_plugin.labels import TrackedInstanceResult, full_mask, pixel_box, to_detections
 from fiftyone_plugin.video import done_field
 from sdk import AsyncClient, Client
@@ -90,6 +90,14 @@ def assert_labels_match_sdk(sample: fo.Sample, field: str, expected: dict) -> No
             assert_masks_close(full_mask(det, w, h), twin.array)
 
 
+def segment(dataset: fo.Dataset, params: dict, **ctx) -> dict:
+    """Run "segment with SAM3" as a Python caller does and return its outcome, read from the run
+    it recorded on the dataset: FiftyOne returns nothing from a generator operator."""
+    foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params, **ctx)
+    config = runs.latest(dataset).config
+    return {"done": config.done, "skipped": config.skipped, "failed": config.failed, "errors": config.errors}
+
+
 def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
     """to_detections alone (no serving noise): masks round-trip exactly through FiftyOne's
     renderer, and the box is the SDK's box rounded out to whole pixels, covering the mask."""
@@ -123,9 +131,8 @@ def test_the_secret_api_key_goes_to_the_secret_url_only(dataset, service, monkey
         monkeypatch.setenv("SAMFLEET_API_KEY", "sf_the-teams-key")
         for params in ({"label_field": "by_secret"}, {"label_field": "typed", "url": typed.url},
                        {"label_field": "secret_typed", "url": secret.url + "/"}):
-            result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                          params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, **params})
-            assert result.result["done"] == 6, result.result
+            result = segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, **params})
+            assert result["done"] == 6, result
     assert len(secret.authorizations) > 12 and set(secret.authorizations) == {"Bearer sf_the-teams-key"}
     assert typed.authorizations and set(typed.authorizations) == {None}
 
@@ -145,18 +152,16 @@ def test_segment_collection_runs_where_an_event_loop_already_runs(dataset, servi
 def test_several_prompts_cost_one_request_per_image(dataset, service):
     """The service encodes an image once for all the prompts of a request: counted at a proxy."""
     with FlakyProxy(service, []) as counting:
-        result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                      params={"prompts": "thing, cat, dog", "threshold": THRESHOLD, "url": counting.url})
-    assert result.result["done"] == len(dataset) == 6
+        result = segment(dataset, {"prompts": "thing, cat, dog", "threshold": THRESHOLD, "url": counting.url})
+    assert result["done"] == len(dataset) == 6
     assert counting.paths.count("/v1/segment") == len(dataset)
     labels = {d.label for s in dataset for d in s["sam3"].detections}
     assert labels and labels <= {"thing", "cat", "dog"}
 
 
 def test_segment_operator_stores_the_sdk_results(dataset, client, service):
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
-    assert result.result == {"done": 6, "skipped": 0, "failed": 0, "errors": {}}
+    result = segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    assert result == {"done": 6, "skipped": 0, "failed": 0, "errors": {}}
     assert sum(len(s["sam3"].detections) for s in dataset) > 0, "the tiny model found nothing: test is vacuous"
     for sample in dataset:
         assert_labels_match_sdk(sample, "sam3", sdk_results(client, sample.filepath))
@@ -179,14 +184,13 @@ def test_negative_prompts_remove_what_they_remove_in_the_sdk(dataset, client, se
 def test_selected_samples_then_skip_existing_then_overwrite(dataset, service):
     params = {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service, "label_field": "picked"}
     chosen = dataset.take(2, seed=1).values("id")
-    first = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, selected=chosen,
-                                 params={**params, "view_target": "SELECTED_SAMPLES"})
-    assert first.result["done"] == 2
+    first = segment(dataset, {**params, "view_target": "SELECTED_SAMPLES"}, selected=chosen)
+    assert first["done"] == 2
     assert set(dataset.exists("picked").values("id")) == set(chosen)
-    rest = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params)
-    assert (rest.result["done"], rest.result["skipped"]) == (4, 2)
-    again = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params={**params, "overwrite": True})
-    assert (again.result["done"], again.result["skipped"]) == (6, 0)
+    rest = segment(dataset, params)
+    assert (rest["done"], rest["skipped"]) == (4, 2)
+    again = segment(dataset, {**params, "overwrite": True})
+    assert (again["done"], again["skipped"]) == (6, 0)
 
 
 def test_masks_on_disk_with_mask_path(dataset, client, service, tmp_path):
@@ -203,10 +207,9 @@ def test_a_corrupt_image_is_reported_and_the_rest_labelled(dataset, service, tmp
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     (bad_id,) = dataset.add_samples([fo.Sample(filepath=str(broken))])
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
-    assert (result.result["done"], result.result["failed"]) == (6, 1)
-    assert "image" in result.result["errors"][bad_id]
+    result = segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    assert (result["done"], result["failed"]) == (6, 1)
+    assert "image" in result["errors"][bad_id]
     assert dataset[bad_id]["sam3"] is None
 
 
@@ -380,7 +383,7 @@ def assert_frames_match_sdk(sample: fo.Sample, field: str, expected: dict[str, l
 
 def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client, service, clicked):
     params = {"prompts": ", ".join(VIDEO_PROMPTS), "url": service}
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    result = segment(video_dataset, params)
     assert result == {"done": 2, "skipped": 0, "failed": 0, "errors": {}}
     assert video_dataset.count("frames.sam3.detections") > 0, "nothing tracked: test is vacuous"
     for sample in video_dataset:
@@ -398,18 +401,17 @@ def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client,
 
 def test_video_skip_existing_resumes_and_overwrite_redoes(video_dataset, client, service, clicked, tmp_path):
     params = {"prompts": ", ".join(VIDEO_PROMPTS), "url": service}
-    first = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    first = segment(video_dataset, params)
     assert (first["done"], first["skipped"]) == (2, 0)
     labelled = video_dataset.count("frames.sam3.detections")
     # A video whose frames were written but whose count was not (the run died in between) is redone.
     cut = video_dataset.first()
     cut[done_field("sam3")] = None
     cut.save()
-    rerun = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    rerun = segment(video_dataset, params)
     assert (rerun["done"], rerun["skipped"]) == (1, 1)
     assert video_dataset.count("frames.sam3.detections") == labelled, "a re-run must replace, not add"
-    again = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset,
-                                 params={**params, "overwrite": True, "mask_dir": str(tmp_path / "masks")}).result
+    again = segment(video_dataset, {**params, "overwrite": True, "mask_dir": str(tmp_path / "masks")})
     assert (again["done"], again["skipped"]) == (2, 0)
     assert all(Path(p).is_file() for p in video_dataset.values("frames.sam3.detections.mask_path", unwind=True))
     for sample in video_dataset:
@@ -477,7 +479,7 @@ def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin,
     kept = labelled(ds)
     assert 8 <= kept < len(ds), "the run must have stopped partway, keeping its saved chunks"
 
-    rerun = foo.execute_operator(op("segment_with_sam3"), dataset=ds, params={**params, "url": service}).result
+    rerun = segment(ds, {**params, "url": service})
     assert (rerun["done"], rerun["skipped"], rerun["failed"]) == (len(ds) - kept, kept, 0)
     with Client(service) as c:
         for sample in ds:  # every sample once, none duplicated: exactly the SDK's instances
