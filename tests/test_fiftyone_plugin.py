@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import fiftyone as fo
@@ -21,9 +23,11 @@ from compare import BATCH, assert_masks_close, assert_same_answer
 from conftest import ray_processes, wait_for, wait_for_ray_exit
 from flaky_proxy import FlakyProxy
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionRunState
+from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_operator
 from fiftyone_plugin import curation, runs
 from fiftyone_plugin.labels import TrackedInstanceResult, full_mask, pixel_box, to_detections
+from fiftyone_plugin.prompts import parse_prompts, split_list
+from fiftyone_plugin.segment import SegmentRun
 from fiftyone_plugin.video import done_field
 from sdk import AsyncClient, Client
 from sdk.schema import VideoFrame
@@ -135,6 +139,9 @@ def test_the_secret_api_key_goes_to_the_secret_url_only(dataset, service, monkey
             assert result["done"] == 6, result
     assert len(secret.authorizations) > 12 and set(secret.authorizations) == {"Bearer sf_the-teams-key"}
     assert typed.authorizations and set(typed.authorizations) == {None}
+    records = [str(dataset.get_run_info(key)) for key in dataset.list_runs(method=runs.RUN_METHOD)]
+    assert len(records) == 3 and not any("sf_the-teams-key" in r for r in records)
+    assert [runs.latest(dataset, f).config.service_url for f in ("by_secret", "typed")] == [secret.url, typed.url]
 
 
 def test_segment_collection_runs_where_an_event_loop_already_runs(dataset, service):
@@ -222,6 +229,88 @@ def test_bad_parameters_fail_before_any_request(dataset, service):
     assert not dataset.has_field("sam3")
 
 
+def test_class_prompt_syntax_and_its_errors():
+    parsed = parse_prompts("bus=red bus, bus = school bus, person")
+    assert parsed.texts == ("red bus", "school bus", "person")
+    assert parsed.class_of == {"red bus": "bus", "school bus": "bus", "person": "person"}
+    assert parsed.classes == ["bus", "person"]
+    for bad, why in (("=red bus", "both the class and the prompt"), ("bus=", "both the class and the prompt"),
+                     ("a=b=c", "give one '='"), ("bus=red bus, car=red bus", "'red bus' is given twice"),
+                     ("person, person", "'person' is given twice"), (" , ", "at least one prompt")):
+        with pytest.raises(ValueError, match=why):
+            SegmentRun(prompts=split_list(bad), label_field="unused")
+
+
+def test_classes_numbered_alike_in_every_export_and_runs_recorded(dataset, client, service, tmp_path):
+    """Two runs (the second adds a class) and two exports of different views: a class keeps its
+    mask value and COCO category id throughout, and the dataset's mask targets say which is which."""
+    base = {"threshold": THRESHOLD, "url": service, "overwrite": True}
+    segment(dataset, {**base, "prompts": "thing"})
+    assert (dataset.classes["sam3"], dataset.mask_targets["sam3"]) == (["thing"], {1: "thing"})
+    segment(dataset, {**base, "prompts": "stuff, thing=big thing"})
+    assert (dataset.classes["sam3"], dataset.mask_targets["sam3"]) == (["thing", "stuff"], {1: "thing", 2: "stuff"})
+
+    found = dataset.values("sam3.detections", unwind=True)
+    assert {(d.label, d.prompt) for d in found} == {("thing", "big thing"), ("stuff", "stuff")}, \
+        "each prompt's instances carry its class as label (both found, else the test is vacuous)"
+
+    only_stuff = dataset.filter_labels("sam3", fo.ViewField("label") == "stuff")
+    exports = {name: curation.export_labels(view, "sam3", tmp_path / name, ["coco", "png"])
+               for name, view in (("all", dataset), ("stuff", only_stuff))}
+    for written in exports.values():
+        coco = json.loads((Path(written["coco"]) / "labels.json").read_text())
+        assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "thing"), (2, "stuff")]
+    stuff_coco = json.loads((Path(exports["stuff"]["coco"]) / "labels.json").read_text())
+    assert stuff_coco["annotations"] and {a["category_id"] for a in stuff_coco["annotations"]} == {2}
+    stuff_pixels = {int(v) for png in Path(exports["stuff"]["png"]).glob("labels/*.png")
+                    for v in np.unique(np.asarray(Image.open(png)))}
+    assert stuff_pixels == {0, 2}, "'stuff' is value 2 in every export, even where it is the only class"
+
+    # Each run recorded with FiftyOne's run API: what was asked, of which service, and how it went.
+    keys = dataset.list_runs(method=runs.RUN_METHOD, label_field="sam3")
+    assert len(keys) == 2
+    first, second = (dataset.get_run_info(key).config for key in sorted(keys))
+    assert first.prompts == ["thing"] and first.classes == {"thing": "thing"}
+    info = client.info()
+    assert (second.prompts, second.classes) == (["stuff", "thing=big thing"], {"stuff": "stuff", "big thing": "thing"})
+    assert (second.threshold, second.negative_prompts, second.upload) == (THRESHOLD, [], "reduced")
+    assert (second.model, second.api_version, second.service_url) == (info.model, info.api_version, service)
+    assert (second.status, second.samples, second.done, second.skipped, second.failed) == ("completed", 6, 6, 0, 0)
+
+
+def test_large_runs_go_to_the_delegated_executor(dataset, service):
+    params = {"prompts": "thing", "url": service, "delegate_above": len(dataset) - 1}
+    queued = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params)
+    assert queued.delegated, "a view above the limit is delegated without asking"
+    operations = DelegatedOperationService()
+    (operation,) = operations.list_operations(dataset_name=dataset.name)
+    operations.delete_operation(operation.id)
+    assert not dataset.has_field("sam3")
+
+
+def test_closing_an_immediate_run_stops_it_and_a_rerun_completes_the_rest(dataset, service):
+    """The App streams an immediate run's progress and closes the generator when the stream ends
+    (tab closed, operation cancelled): the run stops at once, keeping what it finished."""
+    params = {"prompts": "thing", "threshold": THRESHOLD, "concurrency": 1, "chunk_size": 1}
+    # The first image is answered at once, every later one slowly: the close comes with one in flight.
+    with FlakyProxy(service, ["forward"] + ["slow"] * 5, scripted_path="/v1/segment") as proxy:
+        # As the App's /operators/execute/generator route starts it, then iterates the stream.
+        request = {"dataset_name": dataset.name, "params": {**params, "url": proxy.url}}
+        stream = asyncio.run(execute_or_delegate_operator(op("segment_with_sam3"), request)).result
+        update = next(m.body for m in stream if m.body.operator_uri == "set_progress")
+        assert update.params["label"] == "1 of 6 samples labelled, 0 failed"
+        stream.close()
+        assert not any(t.name == "samfleet-run" for t in threading.enumerate()), "the close waits for the run"
+        assert len(dataset.exists("sam3")) == 1
+        assert proxy.paths.count("/v1/segment") <= 2  # the second may have been in flight; no third started
+    stopped = runs.latest(dataset).config
+    assert (stopped.status, stopped.done) == ("stopped", 1)
+
+    rest = segment(dataset, {**params, "url": service, "concurrency": 4})
+    assert (rest["done"], rest["skipped"], rest["failed"]) == (5, 1, 0)
+    assert len(dataset.exists("sam3")) == len(dataset)
+
+
 def test_refine_with_points_uses_keypoints_as_clicks(dataset, client, service):
     sample = dataset.first()
     sample.compute_metadata()
@@ -265,23 +354,27 @@ def test_refine_from_a_filtered_view_keeps_the_labels_the_view_hides(dataset, se
     assert [d.label for d in sample["refined"].detections] == ["kept", "shown", "cup"]
 
 
-def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, tmp_path):
-    foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                         params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+def test_review_patches_tags_counts_and_export_round_trip(dataset, service, tmp_path):
+    segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
     labels = [{"sample_id": s.id, "field": "sam3", "label_id": d.id}
               for s in dataset for d in s["sam3"].detections]
     assert len(labels) >= 3, "the tiny model found too few instances for this test"
-    rejected, accepted = labels[:1], labels[1:3]
-    foo.execute_operator(op("tag_sam3_labels"), dataset=dataset, selected_labels=rejected, params={"decision": "reject"})
+
+    # The reviewer's view: a patch per label, lowest score first; selecting a patch selects its label.
+    patches = curation.review_view(dataset, "sam3", max_score=1.0, undecided_only=True)
+    scores = patches.values("sam3.confidence")
+    assert len(scores) == len(labels) and scores == sorted(scores)
+    lowest = patches.first()
+    foo.execute_operator(op("tag_sam3_labels"), view=patches, selected=[lowest.id], params={"decision": "reject"})
+    accepted = [label for label in labels if label["label_id"] != lowest["sam3"].id][:2]
     foo.execute_operator(op("tag_sam3_labels"), dataset=dataset, selected_labels=accepted, params={"decision": "accept"})
     assert dataset.count_label_tags() == {curation.REJECTED: 1, curation.ACCEPTED: 2}
+    assert dataset.select_labels(tags=curation.REJECTED).values("sam3.detections.id", unwind=True) == [lowest["sam3"].id]
 
     review = foo.execute_operator(op("review_sam3_labels"), dataset=dataset,
-                                  params={"label_field": "sam3", "min_score": 1.0}).result
-    # Everything is below score 1.0: all but the 2 accepted labels need review (the rejected one included).
-    saved = dataset.load_saved_view(curation.NEEDS_REVIEW_VIEW)
-    assert saved.count("sam3.detections") == len(labels) - 2
-    assert review["needs_review_samples"] == len(saved)
+                                  params={"label_field": "sam3", "max_score": 1.0, "undecided_only": True}).result
+    # Every score is at most 1.0: the labels neither accepted nor rejected are left to review.
+    assert review["to_review"] == len(curation.review_view(dataset, "sam3", 1.0, True)) == len(labels) - 3
     per_prompt = review["per_prompt"]
     assert sum(c["instances"] for c in per_prompt.values()) == len(labels)
     assert sum(c[curation.REJECTED] for c in per_prompt.values()) == 1
@@ -317,7 +410,7 @@ def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, t
 
     png = fo.Dataset.from_dir(dataset_dir=written["png"], dataset_type=fo.types.ImageSegmentationDirectory,
                               data_path=str(tmp_path / "images"), label_field="gt")
-    targets = {label: value for value, label in curation.prompt_targets(dataset, "sam3").items()}
+    targets = {label: value for value, label in dataset.mask_targets["sam3"].items()}
     for sample in png:
         m = metadata[sample.filepath]
         expected = np.zeros((m.height, m.width), np.uint8)
@@ -391,9 +484,11 @@ def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client,
 
     # Review counts frame labels; export says plainly that it is for images.
     review = foo.execute_operator(op("review_sam3_labels"), dataset=video_dataset,
-                                  params={"label_field": "frames.sam3", "min_score": 0.0}).result
-    assert review["per_prompt"] == {p: {"instances": 10, curation.ACCEPTED: 0, curation.REJECTED: 0, "low_score": 0}
+                                  params={"label_field": "frames.sam3", "max_score": 1.0}).result
+    assert review["per_prompt"] == {p: {"instances": 10, curation.ACCEPTED: 0, curation.REJECTED: 0, "to_review": 10}
                                     for p in VIDEO_PROMPTS}
+    assert video_dataset.classes["frames.sam3"] == VIDEO_PROMPTS
+    assert video_dataset.mask_targets["frames.sam3"] == {1: VIDEO_PROMPTS[0], 2: VIDEO_PROMPTS[1]}
     with pytest.raises(Exception, match="export of video frame labels is not supported"):
         foo.execute_operator(op("export_sam3_labels"), dataset=video_dataset,
                              params={"label_field": "frames.sam3", "export_dir": "unused"})
