@@ -89,8 +89,8 @@ def to_detections(
     classes: Mapping[str, str] | None = None,
 ) -> fo.Detections:
     """One Detections from the results of several prompts on one image or frame (`{prompt: result}`),
-    each instance labelled with its prompt's class (`classes`, {prompt: class}; by default the
-    prompt itself) and keeping the prompt in its `prompt` attribute.
+    each instance found for a prompt labelled with its class (`classes`, {prompt: class}; by
+    default the prompt itself) and keeping the prompt in its `prompt` attribute.
 
     With `mask_dir`, masks go to `mask_dir/<prompt index>-<instance index>.png` instead of the
     database, which keeps samples small on large datasets.
@@ -100,7 +100,10 @@ def to_detections(
     for p, (prompt, result) in enumerate(results.items()):
         for i, instance in enumerate(result.instances):
             path = mask_dir / f"{p}-{i}.png" if mask_dir is not None else None
-            detections.append(to_detection(instance, result.width, result.height, prompt, path, classes.get(prompt)))
+            # By the instance's own label, the prompt it was found for: an object clicked into a
+            # tracking (the service's "object") is no instance of the prompt's class.
+            label = classes.get(instance.label)
+            detections.append(to_detection(instance, result.width, result.height, prompt, path, label))
     return fo.Detections(detections=detections)
 
 

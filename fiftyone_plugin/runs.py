@@ -71,8 +71,10 @@ def start(collection: foc.SampleCollection, run: SegmentRun, info: InfoResponse,
     return key
 
 
-def finish(collection: foc.SampleCollection, key: str, summary: RunSummary, error: BaseException | None) -> None:
+def finish(collection: foc.SampleCollection, summary: RunSummary, error: BaseException | None) -> None:
+    """Record how the run of `summary.run_key` ended."""
     dataset = dataset_of(collection)
+    key = summary.run_key
     config = dataset.get_run_info(key).config
     config.status = "failed" if error else "stopped" if summary.stopped else "completed"
     config.error = f"{type(error).__name__}: {error}" if error else None

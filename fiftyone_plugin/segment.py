@@ -161,11 +161,12 @@ def segment_collection(
     summary.run_key = runs.start(view, run, info, url, samples=len(view))
     try:
         work = _segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress)
-        summary.stopped = not _run((stop or Stop()).guard(work))
+        finished = _run((stop or Stop()).guard(work))
+        summary.stopped = not finished and summary.done + len(summary.failed) < len(ids)
     except BaseException as exc:
-        runs.finish(view, summary.run_key, summary, exc)
+        runs.finish(view, summary, exc)
         raise
-    runs.finish(view, summary.run_key, summary, None)
+    runs.finish(view, summary, None)
     return summary
 
 
