@@ -3,7 +3,8 @@
 
 One run key per run, `sam3_<UTC time to the microsecond>`, so a dataset keeps the history of
 every run on every field; find them with `dataset.list_runs(method=RUN_METHOD)` (or filtered by
-any config value, e.g. `label_field="sam3"`) and read one with `dataset.get_run_info(key)`.
+any config value, e.g. `label_field="sam3"`, `"frames.sam3"` for a video dataset's) and read
+one with `dataset.get_run_info(key)`.
 The run is registered before the first request (status "running") and updated when it ends:
 "completed", "stopped" (ended early, e.g. the App tab closed) or "failed" (with the error).
 """
@@ -38,15 +39,17 @@ def public_url(url: str) -> str:
     return str(httpx.URL(url).copy_with(userinfo=b"", query=None))
 
 
-def start(collection: foc.SampleCollection, run: SegmentRun, info: InfoResponse, url: str, samples: int) -> str:
+def start(
+    collection: foc.SampleCollection, run: SegmentRun, label_field: str, info: InfoResponse, url: str, samples: int
+) -> str:
     """Register the run (on the dataset: a selection's ids would make the record huge) and
-    return its key."""
+    return its key.  `label_field` is where the labels go (`frames.<name>` on videos)."""
     key = new_key()
     dataset = dataset_of(collection)
     config = dataset.init_run(
         method=RUN_METHOD,
         status="running",
-        label_field=run.label_field,
+        label_field=label_field,
         prompts=list(run.prompts),
         classes=dict(run.class_prompts.class_of),
         negative_prompts=list(run.negative_prompts),

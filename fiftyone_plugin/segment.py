@@ -23,7 +23,7 @@ from fiftyone_plugin.background import Stop
 from fiftyone_plugin.classes import add_classes
 from fiftyone_plugin.labels import POINTS_PROMPT, keypoint_clicks, to_detection, to_detections
 from fiftyone_plugin.prompts import ClassPrompts, parse_prompts
-from fiftyone_plugin.video import VideoLabels
+from fiftyone_plugin.video import VideoLabels, labels_path
 from sdk import AsyncClient, Client
 from sdk.batch import run_batch
 from sdk.calls import segment_params
@@ -157,8 +157,9 @@ def segment_collection(
     summary = RunSummary(skipped=len(view) - len(ids))
     with Client(service.url, api_key=service.api_key) as client:
         info, url = client.info(), client.settings.url
-    add_classes(view, run.label_field, run.class_prompts.classes)
-    summary.run_key = runs.start(view, run, info, url, samples=len(view))
+    field = labels_path(run.label_field) if view.media_type == fom.VIDEO else run.label_field
+    add_classes(view, field, run.class_prompts.classes)
+    summary.run_key = runs.start(view, run, field, info, url, samples=len(view))
     try:
         work = _segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress)
         finished = _run((stop or Stop()).guard(work))

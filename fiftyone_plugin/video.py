@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 FRAMES = "frames."
 
 
+def labels_path(label_field: str) -> str:
+    """`frames.<name>`, where a video run's labels go, whether `label_field` names the frame
+    field with its prefix or without."""
+    return FRAMES + label_field.removeprefix(FRAMES)
+
+
 def done_field(label_field: str) -> str:
     """The sample field counting the frames labelled in `frames.<label_field>`."""
     return f"{label_field.removeprefix(FRAMES)}_frames"

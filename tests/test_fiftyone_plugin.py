@@ -489,6 +489,7 @@ def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client,
                                     for p in VIDEO_PROMPTS}
     assert video_dataset.classes["frames.sam3"] == VIDEO_PROMPTS
     assert video_dataset.mask_targets["frames.sam3"] == {1: VIDEO_PROMPTS[0], 2: VIDEO_PROMPTS[1]}
+    assert runs.latest(video_dataset, "frames.sam3").config.done == 2  # the run, under where its labels are
     with pytest.raises(Exception, match="export of video frame labels is not supported"):
         foo.execute_operator(op("export_sam3_labels"), dataset=video_dataset,
                              params={"label_field": "frames.sam3", "export_dir": "unused"})
