@@ -14,7 +14,7 @@ from fiftyone_plugin import curation
 from fiftyone_plugin.background import Background
 from fiftyone_plugin.delegation import DELEGATE_ABOVE, IMAGES_PER_VIDEO, too_large_for_the_app
 from fiftyone_plugin.prompts import split_list
-from fiftyone_plugin.runs import ERRORS_KEPT
+from fiftyone_plugin.runs import kept_errors
 from fiftyone_plugin.segment import (
     REFINE_IMAGES_ONLY,
     RunSummary,
@@ -91,7 +91,7 @@ def run_outcome(summary: RunSummary) -> dict:
         "done": summary.done,
         "skipped": summary.skipped,
         "failed": len(summary.failed),
-        "errors": dict(list(summary.failed.items())[:ERRORS_KEPT]),
+        "errors": kept_errors(summary),
         "stopped": summary.stopped,
         "run_key": summary.run_key,
     }
@@ -235,6 +235,7 @@ class SegmentWithSam3(foo.Operator):
         outputs.int("skipped", label="Skipped (already labelled)")
         outputs.int("failed", label="Failed")
         outputs.obj("errors", label="Failures (sample id: reason)", view=types.JSONView())
+        outputs.bool("stopped", label="Stopped before the end")
         outputs.str("run_key", label="Run (dataset.get_run_info)")
         return types.Property(outputs, view=types.View(label="SAM3 results"))
 

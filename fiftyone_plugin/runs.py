@@ -82,8 +82,14 @@ def finish(collection: foc.SampleCollection, summary: RunSummary, error: BaseExc
     config.status = "failed" if error else "stopped" if summary.stopped else "completed"
     config.error = f"{type(error).__name__}: {error}" if error else None
     config.done, config.skipped, config.failed = summary.done, summary.skipped, len(summary.failed)
-    config.errors = dict(list(summary.failed.items())[:ERRORS_KEPT])
+    config.errors = kept_errors(summary)
     dataset.update_run_config(key, config)
+
+
+def kept_errors(summary: RunSummary) -> dict[str, str]:
+    """The first `ERRORS_KEPT` failures, {sample id: why}: enough to see what went wrong without
+    a run record (or an App dialog) as large as a failed dataset."""
+    return dict(list(summary.failed.items())[:ERRORS_KEPT])
 
 
 def latest(collection: foc.SampleCollection, label_field: str | None = None) -> fors.RunInfo | None:
