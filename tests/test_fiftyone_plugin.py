@@ -23,7 +23,9 @@ from compare import BATCH, assert_masks_close, assert_same_answer
 from conftest import ray_processes, wait_for, wait_for_ray_exit
 from flaky_proxy import FlakyProxy
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_operator
+from fiftyone.operators.executor import (ExecutionRunState, execute_or_delegate_operator, resolve_execution_options,
+                                         resolve_type)
+from fiftyone.operators.registry import OperatorRegistry
 from fiftyone_plugin import curation, runs
 from fiftyone_plugin.labels import TrackedInstanceResult, full_mask, pixel_box, to_detections
 from fiftyone_plugin.prompts import parse_prompts, split_list
@@ -278,9 +280,19 @@ def test_classes_numbered_alike_in_every_export_and_runs_recorded(dataset, clien
     assert (second.status, second.samples, second.done, second.skipped, second.failed) == ("completed", 6, 6, 0, 0)
 
 
-def test_large_runs_go_to_the_delegated_executor(dataset, service):
-    params = {"prompts": "thing", "url": service, "delegate_above": len(dataset) - 1}
-    queued = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params)
+def test_large_runs_go_to_the_delegated_executor(dataset):
+    """Above `delegate_above` images the App offers only delegation and the form says why; no
+    request is made here (the run is queued, then deleted)."""
+    uri, registry = op("segment_with_sam3"), OperatorRegistry()
+    for limit, delegated in ((len(dataset), False), (len(dataset) - 1, True)):
+        request = {"dataset_name": dataset.name, "params": {"prompts": "thing", "delegate_above": limit}}
+        options = asyncio.run(resolve_execution_options(registry, uri, request))
+        form = asyncio.run(resolve_type(registry, uri, request)).type.properties
+        assert options.allow_immediate_execution is not delegated and options.allow_delegated_execution
+        assert ("delegated" in form) is delegated
+    assert "queued for a delegated executor" in form["delegated"].view.label
+
+    queued = foo.execute_operator(uri, dataset=dataset, params=request["params"])
     assert queued.delegated, "a view above the limit is delegated without asking"
     operations = DelegatedOperationService()
     (operation,) = operations.list_operations(dataset_name=dataset.name)
