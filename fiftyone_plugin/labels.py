@@ -52,15 +52,21 @@ def pixel_box(
 
 
 def to_detection(
-    instance: InstanceResult, width: int, height: int, prompt: str, mask_path: Path | None = None
+    instance: InstanceResult,
+    width: int,
+    height: int,
+    prompt: str,
+    mask_path: Path | None = None,
+    label: str | None = None,
 ) -> fo.Detection:
-    """A Detection whose mask (inline, or a PNG at `mask_path`) is cropped to its bounding box."""
+    """A Detection whose mask (inline, or a PNG at `mask_path`) is cropped to its bounding box,
+    labelled `label` (default: the instance's own label, its prompt)."""
     mask = instance.array
     x0, y0, x1, y1 = pixel_box(instance.box, mask, width, height)
     # A copy, not a view: a view would keep the full-size mask alive as long as the Detection.
     crop = mask[y0:y1, x0:x1].copy()
     detection = fo.Detection(
-        label=instance.label,
+        label=label or instance.label,
         bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
         confidence=instance.score,
         prompt=prompt,
@@ -88,22 +94,35 @@ def clicked_detection(
     return detection
 
 
-def to_detections(results: Mapping[str, Result | FrameResult], mask_dir: Path | None = None) -> fo.Detections:
-    """One Detections from the results of several prompts on one image or frame (`{prompt: result}`).
+def to_detections(
+    results: Mapping[str, Result | FrameResult],
+    mask_dir: Path | None = None,
+    classes: Mapping[str, str] | None = None,
+) -> fo.Detections:
+    """One Detections from the results of several prompts on one image or frame (`{prompt: result}`),
+    each instance found for a prompt labelled with its class (`classes`, {prompt: class}; by
+    default the prompt itself) and keeping the prompt in its `prompt` attribute.
 
     With `mask_dir`, masks go to `mask_dir/<prompt index>-<instance index>.png` instead of the
     database, which keeps samples small on large datasets.
     """
+    classes = classes or {}
     detections = []
     for p, (prompt, result) in enumerate(results.items()):
         for i, instance in enumerate(result.instances):
             path = mask_dir / f"{p}-{i}.png" if mask_dir is not None else None
-            detections.append(to_detection(instance, result.width, result.height, prompt, path))
+            # By the instance's own label, the prompt it was found for: an object clicked into a
+            # tracking (the service's "object") is no instance of the prompt's class.
+            label = classes.get(instance.label)
+            detections.append(to_detection(instance, result.width, result.height, prompt, path, label))
     return fo.Detections(detections=detections)
 
 
-def frame_detections(tracked: dict[str, list[VideoFrame]], mask_dir: Path | None = None) -> dict[int, fo.Detections]:
-    """{frame number: Detections} from each prompt's tracking of one video (`{prompt: frames}`).
+def frame_detections(
+    tracked: dict[str, list[VideoFrame]], mask_dir: Path | None = None, classes: Mapping[str, str] | None = None
+) -> dict[int, fo.Detections]:
+    """{frame number: Detections} from each prompt's tracking of one video (`{prompt: frames}`),
+    labelled as `to_detections` labels them.
 
     FiftyOne numbers frames from 1, the service from 0.  Every prompt's tracking starts at the
     first frame, so the frames line up; masks on disk go to `mask_dir/<frame number>/`.
@@ -115,7 +134,7 @@ def frame_detections(tracked: dict[str, list[VideoFrame]], mask_dir: Path | None
             prompt: FrameResult.model_validate(frame, from_attributes=True)
             for prompt, frame in zip(tracked, frames, strict=True)
         }
-        labels[number] = to_detections(results, mask_dir / str(number) if mask_dir is not None else None)
+        labels[number] = to_detections(results, mask_dir / str(number) if mask_dir is not None else None, classes)
     return labels
 
 

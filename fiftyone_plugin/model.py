@@ -5,7 +5,8 @@ sent to the service instead of a local GPU.
     model = SamfleetModel.of(url="http://gpu-cluster:8000", classes=["person", "car"])
     dataset.apply_model(model, "sam3", batch_size=16)        # batch_size: requests in flight
 
-As for the zoo model, `classes` are the text prompts and `confidence_thresh` the minimum score
+As for the zoo model, `classes` are the text prompts ("class=prompt" entries such as "bus=red bus"
+label what the prompt finds with the class, `fiftyone_plugin.prompts`) and `confidence_thresh` the minimum score
 (the service's threshold; its default 0.5 when None).  `apply_model(classes=...)` restricts the
 model's classes, or names them when it has none: an open-vocabulary model is asked for exactly
 the classes wanted.  `apply_model(prompt_field=...)` adds each sample's own prompts
@@ -29,6 +30,7 @@ from typing import Any, TypeVar, get_args
 import fiftyone.core.config as foc
 import fiftyone.core.models as fom
 
+from fiftyone_plugin.prompts import parse_prompts
 from fiftyone_plugin.sample_prompts import NO_PROMPTS, SamplePrompts, sample_prompts
 from fiftyone_plugin.segment import ImageLabels, SampleRequest, SegmentRun, label_each
 from fiftyone_plugin.video import VIDEO_PROMPT_FIELD, VideoLabels
@@ -64,6 +66,7 @@ class _Session:
     use: every batch reuses the connections, and it runs inside a notebook, whose own loop is busy."""
 
     def __init__(self, config: SamfleetModelConfig, run: SegmentRun):
+        self.run = run
         self.media = VideoLabels(run) if config.media_type == "video" else ImageLabels(run)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="samfleet-model", daemon=True)
@@ -136,8 +139,10 @@ class SamfleetModel(fom.SamplesMixin, fom.Model):
         wanted = self.config.filter_classes
         if wanted is None:
             return classes
-        # apply_model hands the classes over as a set: sorted, so each run asks in the same order
-        return [c for c in classes if c in wanted] if classes else sorted(wanted)
+        if not classes:
+            return sorted(wanted)  # apply_model hands them over as a set: sorted, the same order each run
+        parsed = parse_prompts(classes)  # "bus=red bus" is kept when "bus" is wanted
+        return [entry for entry, text in zip(classes, parsed.texts, strict=True) if parsed.class_of[text] in wanted]
 
     def predict(self, arg: Any, sample: Any = None) -> Any:
         return self.predict_all([arg], samples=None if sample is None else [sample])[0]
@@ -189,4 +194,4 @@ class SamfleetModel(fom.SamplesMixin, fom.Model):
         if not prompt_field:
             return NO_PROMPTS
         height, width = image.shape[:2]
-        return sample_prompts(sample[prompt_field], self.prompts(), width, height)
+        return sample_prompts(sample[prompt_field], self._open().run.class_prompts, width, height)

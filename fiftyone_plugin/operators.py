@@ -11,7 +11,18 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_plugin import curation
-from fiftyone_plugin.segment import REFINE_IMAGES_ONLY, SegmentRun, Service, refine_with_keypoints, segment_collection
+from fiftyone_plugin.background import Background
+from fiftyone_plugin.delegation import DELEGATE_ABOVE, IMAGES_PER_VIDEO, too_large_for_the_app
+from fiftyone_plugin.prompts import split_list
+from fiftyone_plugin.runs import kept_errors
+from fiftyone_plugin.segment import (
+    REFINE_IMAGES_ONLY,
+    RunSummary,
+    SegmentRun,
+    Service,
+    refine_with_keypoints,
+    segment_collection,
+)
 from sdk.video import DEFAULT_VIDEO_ATTEMPTS
 
 DEFAULT_FIELD = "sam3"
@@ -27,12 +38,6 @@ def service(ctx) -> Service:
     if typed_url and typed_url.rstrip("/") != (secret_url or "").rstrip("/"):
         return Service(url=typed_url, api_key="")
     return Service(url=secret_url, api_key=ctx.secret("SAMFLEET_API_KEY"))
-
-
-def prompts_of(text: str | None) -> list[str]:
-    """Prompts are typed as "car, bus, person": a comma-separated string is what an annotator
-    enters fastest in the App, and a prompt is a noun phrase, which needs no comma."""
-    return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
 def detections_fields(ctx) -> list[str]:
@@ -60,7 +65,48 @@ def reload_app(ctx) -> None:
         ctx.trigger("reload_dataset")
 
 
+def segment_run(params: dict) -> SegmentRun:
+    """The form's values as a run; bad input raises here, before any request."""
+    return SegmentRun(
+        prompts=split_list(params.get("prompts")),
+        negative_prompts=split_list(params.get("negative_prompts")),
+        label_field=params.get("label_field") or DEFAULT_FIELD,
+        threshold=params.get("threshold", 0.5),
+        overwrite=params.get("overwrite", False),
+        concurrency=params.get("concurrency", 8),
+        upload=params.get("upload", "reduced"),
+        chunk_size=params.get("chunk_size", 64),
+        video_attempts=params.get("video_attempts", DEFAULT_VIDEO_ATTEMPTS),
+        mask_dir=Path(params["mask_dir"]) if params.get("mask_dir") else None,
+    )
+
+
+def progress_update(done: int, failed: int, total: int) -> dict:
+    return {
+        "progress": (done + failed) / max(total, 1),
+        "label": f"{done} of {total} samples labelled, {failed} failed",
+    }
+
+
+def run_outcome(summary: RunSummary) -> dict:
+    return {
+        "done": summary.done,
+        "skipped": summary.skipped,
+        "failed": len(summary.failed),
+        "errors": kept_errors(summary),
+        "stopped": summary.stopped,
+        "run_key": summary.run_key,
+    }
+
+
 class SegmentWithSam3(foo.Operator):
+    """Immediate runs are generators: FiftyOne streams their progress to the App while the work
+    runs in a thread (`fiftyone_plugin.background`), and closing the stream (the tab closed,
+    the operation cancelled) stops the work, keeping what finished.  Their outcome is shown in
+    the App and recorded with the run on the dataset (`fiftyone_plugin.runs`), the only place a
+    Python caller of `execute_operator` finds it, FiftyOne returning nothing from a generator.
+    Large runs are delegated (`fiftyone_plugin.delegation`)."""
+
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -69,6 +115,7 @@ class SegmentWithSam3(foo.Operator):
             description="Find every instance of each text prompt and store instance masks",
             allow_immediate_execution=True,
             allow_delegated_execution=True,
+            execute_as_generator=True,
         )
 
     def resolve_input(self, ctx):
@@ -77,8 +124,8 @@ class SegmentWithSam3(foo.Operator):
             "prompts",
             required=True,
             label="Prompts",
-            description="What to find, comma separated: one label per prompt, e.g. 'red bus, person'. "
-            "Videos: each prompt is tracked through the video",
+            description="What to find, comma separated, e.g. 'bus=red bus, person': class=prompt labels what "
+            "the prompt finds with the class (a bare prompt is its own class). Videos: each prompt is tracked",
         )
         inputs.str(
             "negative_prompts",
@@ -145,36 +192,52 @@ class SegmentWithSam3(foo.Operator):
             description="Default: the SAMFLEET_URL plugin secret. Another URL is called without the "
             "SAMFLEET_API_KEY secret (which goes to SAMFLEET_URL only)",
         )
-        ctx.target_view()  # opts the form into FiftyOne's dataset / view / selected samples choice
+        inputs.int(
+            "delegate_above",
+            default=DELEGATE_ABOVE,
+            min=0,
+            label="Run in the background above (images)",
+            description=f"Larger runs go to a delegated executor (`fiftyone delegated launch`); a video counts "
+            f"{IMAGES_PER_VIDEO} images. An immediate run ends with this browser tab",
+        )
+        # resolve_delegation's ctx.target_view() also opts the form into FiftyOne's dataset / view /
+        # selected samples choice.
+        if self.resolve_delegation(ctx):
+            inputs.view(
+                "delegated",
+                types.Notice(
+                    label=f"{len(ctx.target_view())} samples: this run will be queued for a delegated executor "
+                    "(`fiftyone delegated launch`); progress shows in the Runs list"
+                ),
+            )
         return types.Property(inputs, view=types.View(label="Segment with SAM3"))
 
+    def resolve_delegation(self, ctx):
+        """Delegate a target view above `delegate_above` images (fiftyone_plugin.delegation says
+        why); below it, leave the choice to the user."""
+        limit = ctx.params.get("delegate_above")
+        return too_large_for_the_app(ctx.target_view(), DELEGATE_ABOVE if limit is None else limit) or None
+
     def execute(self, ctx):
-        run = SegmentRun(
-            prompts=prompts_of(ctx.params.get("prompts")),
-            negative_prompts=prompts_of(ctx.params.get("negative_prompts")),
-            label_field=ctx.params.get("label_field") or DEFAULT_FIELD,
-            threshold=ctx.params.get("threshold", 0.5),
-            overwrite=ctx.params.get("overwrite", False),
-            concurrency=ctx.params.get("concurrency", 8),
-            upload=ctx.params.get("upload", "reduced"),
-            chunk_size=ctx.params.get("chunk_size", 64),
-            video_attempts=ctx.params.get("video_attempts", DEFAULT_VIDEO_ATTEMPTS),
-            mask_dir=Path(ctx.params["mask_dir"]) if ctx.params.get("mask_dir") else None,
-        )
+        run, view, where = segment_run(ctx.params), ctx.target_view(), service(ctx)
+        if ctx.delegated:
+            # The executor has a progress channel of its own and keeps this result with the operation.
+            def progress(*report: int) -> None:
+                ctx.set_progress(**progress_update(*report))
 
-        def progress(done: int, failed: int, total: int) -> None:
-            ctx.set_progress(
-                progress=(done + failed) / max(total, 1), label=f"{done} of {total} samples labelled, {failed} failed"
-            )
+            return run_outcome(segment_collection(view, run, where, progress))
+        return self._streamed(ctx, view, run, where)
 
-        summary = segment_collection(ctx.target_view(), run, service(ctx), progress)
-        reload_app(ctx)
-        return {
-            "done": summary.done,
-            "skipped": summary.skipped,
-            "failed": len(summary.failed),
-            "errors": dict(list(summary.failed.items())[:20]),
-        }
+    def _streamed(self, ctx, view, run: SegmentRun, where: Service):
+        def work(progress, stop) -> RunSummary:
+            return segment_collection(view, run, where, progress, stop)
+
+        with Background(work, name="samfleet-run") as running:
+            for report in running.reports():
+                yield ctx.ops.set_progress(**progress_update(*report))
+        outcome = run_outcome(running.result())
+        yield ctx.ops.reload_dataset()
+        yield ctx.ops.show_output(self.resolve_output(ctx).to_json(), outcome)
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -182,6 +245,8 @@ class SegmentWithSam3(foo.Operator):
         outputs.int("skipped", label="Skipped (already labelled)")
         outputs.int("failed", label="Failed")
         outputs.obj("errors", label="Failures (sample id: reason)", view=types.JSONView())
+        outputs.bool("stopped", label="Stopped before the end")
+        outputs.str("run_key", label="Run (dataset.get_run_info)")
         return types.Property(outputs, view=types.View(label="SAM3 results"))
 
 
@@ -215,30 +280,37 @@ class RefineWithPoints(foo.Operator):
         return {"objects": count}
 
 
+def selected_labels(ctx) -> list[dict]:
+    """The labels selected in the App, and in a patches view those of the selected patches."""
+    return ctx.selected_labels + curation.patch_labels(ctx.view, ctx.selected)
+
+
 class TagSam3Labels(foo.Operator):
     @property
     def config(self):
         return foo.OperatorConfig(
             name="tag_sam3_labels",
             label="Accept or reject selected labels",
-            description="Tag the labels selected in the App as accepted or rejected",
+            description="Tag the labels (or, in the review patches, the patches) selected in the App "
+            "as accepted or rejected",
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if not ctx.selected_labels:
-            inputs.view("none", types.Warning(label="Select labels in the App first"))
+        selected = selected_labels(ctx)
+        if not selected:
+            inputs.view("none", types.Warning(label="Select labels, or patches in the review view, first"))
         inputs.enum(
             "decision",
             ["accept", "reject", "clear"],
             default="accept",
             view=types.RadioGroup(),
-            label=f"{len(ctx.selected_labels)} selected label(s)",
+            label=f"{len(selected)} selected label(s)",
         )
         return types.Property(inputs)
 
     def execute(self, ctx):
-        count = curation.decide(ctx.dataset, ctx.selected_labels, ctx.params.get("decision", "accept"))
+        count = curation.decide(ctx.dataset, selected_labels(ctx), ctx.params.get("decision", "accept"))
         reload_app(ctx)
         return {"tagged": count}
 
@@ -249,30 +321,31 @@ class ReviewSam3Labels(foo.Operator):
         return foo.OperatorConfig(
             name="review_sam3_labels",
             label="Review SAM3 labels",
-            description="Save and open the 'needs review' view; counts per prompt",
+            description="Open the labels to review as patches, lowest score first; counts per prompt",
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         label_field_input(inputs, ctx)
-        inputs.float("min_score", default=0.5, min=0.0, max=1.0, label="Needs review below this score")
+        inputs.float(
+            "max_score", default=1.0, min=0.0, max=1.0, label="Labels scoring at most", description="1: all of them"
+        )
+        inputs.bool(
+            "undecided_only", default=True, label="Only labels not yet accepted or rejected", view=types.CheckboxView()
+        )
         return types.Property(inputs, view=types.View(label="Review SAM3 labels"))
 
     def execute(self, ctx):
-        field, min_score = ctx.params.get("label_field") or DEFAULT_FIELD, ctx.params.get("min_score", 0.5)
-        view = curation.save_needs_review(ctx.dataset, field, min_score)
+        field = ctx.params.get("label_field") or DEFAULT_FIELD
+        max_score, undecided_only = ctx.params.get("max_score", 1.0), ctx.params.get("undecided_only", True)
         if ctx.executor is not None:
-            ctx.ops.set_view(name=curation.NEEDS_REVIEW_VIEW)
-        return {
-            "needs_review_samples": len(view),
-            "saved_view": curation.NEEDS_REVIEW_VIEW,
-            "per_prompt": curation.counts_per_prompt(ctx.dataset, field, min_score),
-        }
+            ctx.ops.set_view(view=curation.review_view(ctx.dataset, field, max_score, undecided_only))
+        per_prompt = curation.counts_per_prompt(ctx.dataset, field, max_score, undecided_only)
+        return {"to_review": sum(c["to_review"] for c in per_prompt.values()), "per_prompt": per_prompt}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.int("needs_review_samples", label="Samples needing review")
-        outputs.str("saved_view", label="Saved view")
+        outputs.int("to_review", label="Labels to review")
         outputs.obj("per_prompt", label="Instances per prompt", view=types.JSONView())
         return types.Property(outputs)
 

@@ -4,12 +4,12 @@ each `Keypoint` of a `Keypoints` is one object to segment at its points."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import fiftyone as fo
 
 from fiftyone_plugin.labels import keypoint_clicks
+from fiftyone_plugin.prompts import ClassPrompts
 
 # The label the service gives instances found from boxes alone, with no text prompt: boxes whose
 # label is none of the text prompts are asked together under it.
@@ -39,15 +39,16 @@ class SamplePrompts:
 NO_PROMPTS = SamplePrompts()
 
 
-def sample_prompts(label: fo.Label | None, prompts: Sequence[str], width: int, height: int) -> SamplePrompts:
-    """The prompts in `label` (a sample's prompt field) for an image of `width` x `height`."""
+def sample_prompts(label: fo.Label | None, prompts: ClassPrompts, width: int, height: int) -> SamplePrompts:
+    """The prompts in `label` (a sample's prompt field) for an image of `width` x `height`; a box
+    refines the run's prompt its label names (by text or by class)."""
     if label is None:
         return NO_PROMPTS
     if isinstance(label, fo.Detections):
         boxes: dict[str, list[list[float]]] = {}
         for detection in label.detections:
             x, y, w, h = detection.bounding_box
-            key = detection.label if detection.label in prompts else EXEMPLAR_ONLY
+            key = prompts.text_for(detection.label) or EXEMPLAR_ONLY
             boxes.setdefault(key, []).append([x * width, y * height, (x + w) * width, (y + h) * height])
         return SamplePrompts(boxes=boxes)
     if isinstance(label, fo.Keypoints):

@@ -18,9 +18,13 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.media as fom
 
+from fiftyone_plugin import runs
+from fiftyone_plugin.background import Stop
+from fiftyone_plugin.classes import add_classes
 from fiftyone_plugin.labels import clicked_detection, keypoint_clicks, to_detections
+from fiftyone_plugin.prompts import ClassPrompts, parse_prompts
 from fiftyone_plugin.sample_prompts import EXEMPLAR_ONLY, NO_PROMPTS, SamplePrompts
-from fiftyone_plugin.video import VideoLabels
+from fiftyone_plugin.video import VideoLabels, labels_path
 from sdk import AsyncClient, Client
 from sdk.batch import BatchItem, run_batch
 from sdk.calls import segment_params
@@ -46,7 +50,7 @@ class Service:
 class SegmentRun:
     """One "segment with SAM3" run: which prompts, where the labels go, how hard to push."""
 
-    prompts: list[str]
+    prompts: list[str]  # "prompt" or "class=prompt" (fiftyone_plugin.prompts)
     label_field: str
     threshold: float = 0.5
     negative_prompts: list[str] = field(default_factory=list)  # concepts whose instances are dropped
@@ -58,14 +62,18 @@ class SegmentRun:
     video_attempts: int = DEFAULT_VIDEO_ATTEMPTS  # tries per video and prompt when its stream breaks
 
     def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ValueError("give at least one prompt")
+        self.class_prompts: ClassPrompts = parse_prompts(self.prompts)
         reduces(self.upload)
-        for prompt in self.prompts:
+        for prompt in self.texts:
             # Bad input fails here, before any request.
             segment_params(prompt, threshold=self.threshold, negative_prompts=self.negative_prompts)
         if self.concurrency < 1 or self.chunk_size < 1 or self.video_attempts < 1:
             raise ValueError("concurrency, chunk_size and video_attempts must be at least 1")
+
+    @property
+    def texts(self) -> list[str]:
+        """The prompt texts sent to the service."""
+        return list(self.class_prompts.texts)
 
 
 @dataclass
@@ -73,6 +81,8 @@ class RunSummary:
     done: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # sample id -> why
+    stopped: bool = False  # ended by `stop` before every sample was visited
+    run_key: str = ""  # the run's record on the dataset (fiftyone_plugin.runs)
 
 
 def pending_samples(view: foc.SampleCollection, done_field: str, overwrite: bool) -> foc.SampleCollection:
@@ -121,7 +131,7 @@ class ImageLabels:
         by_prompt.update(zip(own.boxes, exemplified, strict=True))
 
         def detections() -> fo.Detections:
-            labels = to_detections(by_prompt, mask_dir)
+            labels = to_detections(by_prompt, mask_dir, run.class_prompts.class_of)
             labels.detections += [
                 clicked_detection(result, c.label, c.keypoint_id, mask_dir / f"points-{k}.png" if mask_dir else None)
                 for k, (c, result) in enumerate(zip(own.clicks, clicked, strict=True))
@@ -137,7 +147,7 @@ class ImageLabels:
             if self._groups is None:
                 limit = (await client.info()).limits.max_prompts - len(self.run.negative_prompts)
                 size = max(1, limit)  # none left: the service refuses it, with its own message
-                prompts = self.run.prompts
+                prompts = self.run.texts
                 self._groups = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         return self._groups
 
@@ -172,10 +182,20 @@ def label_each(
 
 
 def segment_collection(
-    view: foc.SampleCollection, run: SegmentRun, service: Service = Service(), progress: Progress | None = None
+    view: foc.SampleCollection,
+    run: SegmentRun,
+    service: Service = Service(),
+    progress: Progress | None = None,
+    stop: Stop | None = None,
 ) -> RunSummary:
     """Label every (pending) sample of `view` with the instances of each prompt; in a video
     dataset every frame, each prompt tracked through the video (`fiftyone_plugin.video`).
+
+    Before the first label, the run's classes join the dataset's classes and mask targets of the
+    label field (`fiftyone_plugin.classes`) and the run is recorded on the dataset
+    (`fiftyone_plugin.runs`, key in `summary.run_key`), updated with the counts when it ends.
+    `stop()` from another thread ends the run early (`summary.stopped`): no request starts after
+    it, and what finished is saved before this returns.
 
     Raises `sdk.ConnectionError` when the service stays unreachable; what was finished before is
     already saved.  Per-sample failures (an unreadable image, a 4xx) are collected, not raised.
@@ -184,11 +204,23 @@ def segment_collection(
     todo = pending_samples(view, media.done_field, run.overwrite)
     ids, paths = todo.values(["id", "filepath"])
     summary = RunSummary(skipped=len(view) - len(ids))
-    _run(_segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress))
+    with Client(service.url, api_key=service.api_key) as client:
+        info, url = client.info(), client.settings.url
+    field = labels_path(run.label_field) if view.media_type == fom.VIDEO else run.label_field
+    add_classes(view, field, run.class_prompts.classes)
+    summary.run_key = runs.start(view, run, field, info, url, samples=len(view))
+    try:
+        work = _segment(view, list(zip(ids, paths, strict=True)), run, media, service, summary, progress)
+        finished = _run((stop or Stop()).guard(work))
+        summary.stopped = not finished and summary.done + len(summary.failed) < len(ids)
+    except BaseException as exc:
+        runs.finish(view, summary, exc)
+        raise
+    runs.finish(view, summary, None)
     return summary
 
 
-def _run(work: Coroutine[Any, Any, None]) -> None:
+def _run(work: Coroutine[Any, Any, bool]) -> bool:
     """`asyncio.run(work)`, also where an event loop already runs in this thread (a Jupyter
     notebook, where FiftyOne users call this), which refuses asyncio.run: there in a thread."""
     try:

@@ -33,6 +33,12 @@ VIDEO_PROMPT_FIELD = (
 )
 
 
+def labels_path(label_field: str) -> str:
+    """`frames.<name>`, where a video run's labels go, whether `label_field` names the frame
+    field with its prefix or without."""
+    return FRAMES + label_field.removeprefix(FRAMES)
+
+
 def done_field(label_field: str) -> str:
     """The sample field counting the frames labelled in `frames.<label_field>`."""
     return f"{label_field.removeprefix(FRAMES)}_frames"
@@ -45,7 +51,8 @@ class VideoLabels:
     def __init__(self, run: SegmentRun):
         if run.negative_prompts:  # before any request, like every bad parameter
             raise ValueError("negative prompts apply to images only: the video tracking API has none")
-        self.prompts = run.prompts
+        self.prompts = run.texts
+        self.class_of = run.class_prompts.class_of
         self.frame_field = run.label_field.removeprefix(FRAMES)
         self.done_field = done_field(run.label_field)
         # One video at a time: a video is many frames of work, so a crash should lose none that finished.
@@ -60,7 +67,9 @@ class VideoLabels:
         tracked = await asyncio.gather(
             *(track_whole_video(client, path, prompt, attempts=self.attempts) for prompt in self.prompts)
         )
-        return await asyncio.to_thread(frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir)
+        return await asyncio.to_thread(
+            frame_detections, dict(zip(self.prompts, tracked, strict=True)), mask_dir, self.class_of
+        )
 
     def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
         view.set_values(FRAMES + self.frame_field, finished, key_field="id")

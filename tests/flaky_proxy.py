@@ -3,7 +3,8 @@
 Used to prove the SDK's retries: each incoming request takes the next step of `script`
 ("reset": close the connection without answering, an int: answer that status, "slow": answer
 after a long pause, a `CutStream`: forward a streamed answer and break it partway), and once the
-script is used up requests are forwarded to `upstream`.
+script is used up requests are forwarded to `upstream`.  With `scripted_path`, only requests to
+that path take steps.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class CutStream:
 
 
 class FlakyProxy:
-    def __init__(self, upstream: str, script: list, retry_after: str | None = None):
+    def __init__(self, upstream: str, script: list, retry_after: str | None = None, scripted_path: str | None = None):
         self.upstream = upstream
         self.script = list(script)
+        self.scripted_path = scripted_path
         self.retry_after = retry_after
         self.calls: list[tuple[float, str]] = []  # (monotonic time, what was done)
         self.authorizations: list[str | None] = []  # each request's Authorization header
@@ -64,9 +66,10 @@ class FlakyProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _next_step(self):
+    def _next_step(self, path: str):
         with self._lock:
-            step = self.script.pop(0) if self.script else "forward"
+            scripted = self.script and self.scripted_path in (None, path)
+            step = self.script.pop(0) if scripted else "forward"
             self.calls.append((time.monotonic(), str(step)))
             return step
 
@@ -89,7 +92,7 @@ class FlakyProxy:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 proxy.authorizations.append(self.headers.get("authorization"))
                 proxy.paths.append(self.path)
-                step = proxy._next_step()
+                step = proxy._next_step(self.path)
                 if step == "reset":
                     self._reset()
                     return

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import httpx
 import pytest
 
 from conftest import free_port, wait_for
-from test_fiftyone_plugin import PROMPT_TEXT, THRESHOLD, op
+from test_fiftyone_plugin import PROMPT_TEXT, THRESHOLD, op, segment
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -62,8 +61,7 @@ def reviewed(plugin, service):
     """The sample pictures, labelled through the operator, in a dataset the App process can see."""
     ds = fo.Dataset("app-review", overwrite=True, persistent=True)
     ds.add_samples([fo.Sample(filepath=str(p)) for p in sorted((REPO / "examples/images").glob("*.jpg"))])
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=ds,
-                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service}).result
+    result = segment(ds, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
     ds.reload()
     assert result["done"] == len(ds) and ds.count("sam3.detections") > 0, result
     yield ds
@@ -100,7 +98,8 @@ def test_app_draws_masks_and_runs_the_operator(reviewed, app, browser, service):
     form = page.get_by_role("dialog").locator("input:not([type=checkbox]):not([type=radio])")
     form.first.wait_for(timeout=30_000)
     # The text/number inputs in the order SegmentWithSam3.resolve_input declares them.
-    fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "mask_dir", "url"]
+    fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "mask_dir", "url",
+              "delegate_above"]
     form.nth(fields.index("prompts")).fill("thing")
     form.nth(fields.index("threshold")).fill(str(THRESHOLD))
     form.nth(fields.index("label_field")).fill("sam3_app")

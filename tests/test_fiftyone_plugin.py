@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import fiftyone as fo
@@ -21,9 +23,13 @@ from compare import BATCH, assert_masks_close, assert_same_answer
 from conftest import ray_processes, wait_for, wait_for_ray_exit
 from flaky_proxy import CutStream, FlakyProxy
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionRunState
-from fiftyone_plugin import curation
+from fiftyone.operators.executor import (ExecutionRunState, execute_or_delegate_operator, resolve_execution_options,
+                                         resolve_type)
+from fiftyone.operators.registry import OperatorRegistry
+from fiftyone_plugin import curation, runs
 from fiftyone_plugin.labels import TrackedInstanceResult, full_mask, pixel_box, to_detections
+from fiftyone_plugin.prompts import parse_prompts, split_list
+from fiftyone_plugin.segment import SegmentRun
 from fiftyone_plugin.video import done_field
 from sdk import AsyncClient, Client
 from sdk.schema import VideoFrame
@@ -90,6 +96,14 @@ def assert_labels_match_sdk(sample: fo.Sample, field: str, expected: dict) -> No
             assert_masks_close(full_mask(det, w, h), twin.array)
 
 
+def segment(dataset: fo.Dataset, params: dict, **ctx) -> dict:
+    """Run "segment with SAM3" as a Python caller does and return its outcome, read from the run
+    it recorded on the dataset: FiftyOne returns nothing from a generator operator."""
+    foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params, **ctx)
+    config = runs.latest(dataset).config
+    return {"done": config.done, "skipped": config.skipped, "failed": config.failed, "errors": config.errors}
+
+
 def test_detections_hold_exactly_the_served_masks_and_boxes(client, plugin):
     """to_detections alone (no serving noise): masks round-trip exactly through FiftyOne's
     renderer, and the box is the SDK's box rounded out to whole pixels, covering the mask."""
@@ -123,11 +137,13 @@ def test_the_secret_api_key_goes_to_the_secret_url_only(dataset, service, monkey
         monkeypatch.setenv("SAMFLEET_API_KEY", "sf_the-teams-key")
         for params in ({"label_field": "by_secret"}, {"label_field": "typed", "url": typed.url},
                        {"label_field": "secret_typed", "url": secret.url + "/"}):
-            result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                          params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, **params})
-            assert result.result["done"] == 6, result.result
+            result = segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, **params})
+            assert result["done"] == 6, result
     assert len(secret.authorizations) > 12 and set(secret.authorizations) == {"Bearer sf_the-teams-key"}
     assert typed.authorizations and set(typed.authorizations) == {None}
+    records = [str(dataset.get_run_info(key)) for key in dataset.list_runs(method=runs.RUN_METHOD)]
+    assert len(records) == 3 and not any("sf_the-teams-key" in r for r in records)
+    assert [runs.latest(dataset, f).config.service_url for f in ("by_secret", "typed")] == [secret.url, typed.url]
 
 
 def test_segment_collection_runs_where_an_event_loop_already_runs(dataset, service):
@@ -145,18 +161,16 @@ def test_segment_collection_runs_where_an_event_loop_already_runs(dataset, servi
 def test_several_prompts_cost_one_request_per_image(dataset, service):
     """The service encodes an image once for all the prompts of a request: counted at a proxy."""
     with FlakyProxy(service, []) as counting:
-        result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                      params={"prompts": "thing, cat, dog", "threshold": THRESHOLD, "url": counting.url})
-    assert result.result["done"] == len(dataset) == 6
+        result = segment(dataset, {"prompts": "thing, cat, dog", "threshold": THRESHOLD, "url": counting.url})
+    assert result["done"] == len(dataset) == 6
     assert counting.paths.count("/v1/segment") == len(dataset)
     labels = {d.label for s in dataset for d in s["sam3"].detections}
     assert labels and labels <= {"thing", "cat", "dog"}
 
 
 def test_segment_operator_stores_the_sdk_results(dataset, client, service):
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
-    assert result.result == {"done": 6, "skipped": 0, "failed": 0, "errors": {}}
+    result = segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    assert result == {"done": 6, "skipped": 0, "failed": 0, "errors": {}}
     assert sum(len(s["sam3"].detections) for s in dataset) > 0, "the tiny model found nothing: test is vacuous"
     for sample in dataset:
         assert_labels_match_sdk(sample, "sam3", sdk_results(client, sample.filepath))
@@ -179,14 +193,13 @@ def test_negative_prompts_remove_what_they_remove_in_the_sdk(dataset, client, se
 def test_selected_samples_then_skip_existing_then_overwrite(dataset, service):
     params = {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service, "label_field": "picked"}
     chosen = dataset.take(2, seed=1).values("id")
-    first = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, selected=chosen,
-                                 params={**params, "view_target": "SELECTED_SAMPLES"})
-    assert first.result["done"] == 2
+    first = segment(dataset, {**params, "view_target": "SELECTED_SAMPLES"}, selected=chosen)
+    assert first["done"] == 2
     assert set(dataset.exists("picked").values("id")) == set(chosen)
-    rest = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params=params)
-    assert (rest.result["done"], rest.result["skipped"]) == (4, 2)
-    again = foo.execute_operator(op("segment_with_sam3"), dataset=dataset, params={**params, "overwrite": True})
-    assert (again.result["done"], again.result["skipped"]) == (6, 0)
+    rest = segment(dataset, params)
+    assert (rest["done"], rest["skipped"]) == (4, 2)
+    again = segment(dataset, {**params, "overwrite": True})
+    assert (again["done"], again["skipped"]) == (6, 0)
 
 
 def test_masks_on_disk_with_mask_path(dataset, client, service, tmp_path):
@@ -203,10 +216,9 @@ def test_a_corrupt_image_is_reported_and_the_rest_labelled(dataset, service, tmp
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     (bad_id,) = dataset.add_samples([fo.Sample(filepath=str(broken))])
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                                  params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
-    assert (result.result["done"], result.result["failed"]) == (6, 1)
-    assert "image" in result.result["errors"][bad_id]
+    result = segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+    assert (result["done"], result["failed"]) == (6, 1)
+    assert "image" in result["errors"][bad_id]
     assert dataset[bad_id]["sam3"] is None
 
 
@@ -217,6 +229,98 @@ def test_bad_parameters_fail_before_any_request(dataset, service):
         foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
                              params={"prompts": "cat", "threshold": 2.0, "url": service})
     assert not dataset.has_field("sam3")
+
+
+def test_class_prompt_syntax_and_its_errors():
+    parsed = parse_prompts("bus=red bus, bus = school bus, person")
+    assert parsed.texts == ("red bus", "school bus", "person")
+    assert parsed.class_of == {"red bus": "bus", "school bus": "bus", "person": "person"}
+    assert parsed.classes == ["bus", "person"]
+    for bad, why in (("=red bus", "both the class and the prompt"), ("bus=", "both the class and the prompt"),
+                     ("a=b=c", "give one '='"), ("bus=red bus, car=red bus", "'red bus' is given twice"),
+                     ("person, person", "'person' is given twice"), (" , ", "at least one prompt")):
+        with pytest.raises(ValueError, match=why):
+            SegmentRun(prompts=split_list(bad), label_field="unused")
+
+
+def test_classes_numbered_alike_in_every_export_and_runs_recorded(dataset, client, service, tmp_path):
+    """Two runs (the second adds a class) and two exports of different views: a class keeps its
+    mask value and COCO category id throughout, and the dataset's mask targets say which is which."""
+    base = {"threshold": THRESHOLD, "url": service, "overwrite": True}
+    segment(dataset, {**base, "prompts": "thing"})
+    assert (dataset.classes["sam3"], dataset.mask_targets["sam3"]) == (["thing"], {1: "thing"})
+    segment(dataset, {**base, "prompts": "stuff, thing=big thing"})
+    assert (dataset.classes["sam3"], dataset.mask_targets["sam3"]) == (["thing", "stuff"], {1: "thing", 2: "stuff"})
+
+    found = dataset.values("sam3.detections", unwind=True)
+    assert {(d.label, d.prompt) for d in found} == {("thing", "big thing"), ("stuff", "stuff")}, \
+        "each prompt's instances carry its class as label (both found, else the test is vacuous)"
+
+    only_stuff = dataset.filter_labels("sam3", fo.ViewField("label") == "stuff")
+    exports = {name: curation.export_labels(view, "sam3", tmp_path / name, ["coco", "png"])
+               for name, view in (("all", dataset), ("stuff", only_stuff))}
+    for written in exports.values():
+        coco = json.loads((Path(written["coco"]) / "labels.json").read_text())
+        assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "thing"), (2, "stuff")]
+    stuff_coco = json.loads((Path(exports["stuff"]["coco"]) / "labels.json").read_text())
+    assert stuff_coco["annotations"] and {a["category_id"] for a in stuff_coco["annotations"]} == {2}
+    stuff_pixels = {int(v) for png in Path(exports["stuff"]["png"]).glob("labels/*.png")
+                    for v in np.unique(np.asarray(Image.open(png)))}
+    assert stuff_pixels == {0, 2}, "'stuff' is value 2 in every export, even where it is the only class"
+
+    # Each run recorded with FiftyOne's run API: what was asked, of which service, and how it went.
+    keys = dataset.list_runs(method=runs.RUN_METHOD, label_field="sam3")
+    assert len(keys) == 2
+    first, second = (dataset.get_run_info(key).config for key in sorted(keys))
+    assert first.prompts == ["thing"] and first.classes == {"thing": "thing"}
+    info = client.info()
+    assert (second.prompts, second.classes) == (["stuff", "thing=big thing"], {"stuff": "stuff", "big thing": "thing"})
+    assert (second.threshold, second.negative_prompts, second.upload) == (THRESHOLD, [], "reduced")
+    assert (second.model, second.api_version, second.service_url) == (info.model, info.api_version, service)
+    assert (second.status, second.samples, second.done, second.skipped, second.failed) == ("completed", 6, 6, 0, 0)
+
+
+def test_large_runs_go_to_the_delegated_executor(dataset):
+    """Above `delegate_above` images the App offers only delegation and the form says why; no
+    request is made here (the run is queued, then deleted)."""
+    uri, registry = op("segment_with_sam3"), OperatorRegistry()
+    for limit, delegated in ((len(dataset), False), (len(dataset) - 1, True)):
+        request = {"dataset_name": dataset.name, "params": {"prompts": "thing", "delegate_above": limit}}
+        options = asyncio.run(resolve_execution_options(registry, uri, request))
+        form = asyncio.run(resolve_type(registry, uri, request)).type.properties
+        assert options.allow_immediate_execution is not delegated and options.allow_delegated_execution
+        assert ("delegated" in form) is delegated
+    assert "queued for a delegated executor" in form["delegated"].view.label
+
+    queued = foo.execute_operator(uri, dataset=dataset, params=request["params"])
+    assert queued.delegated, "a view above the limit is delegated without asking"
+    operations = DelegatedOperationService()
+    (operation,) = operations.list_operations(dataset_name=dataset.name)
+    operations.delete_operation(operation.id)
+    assert not dataset.has_field("sam3")
+
+
+def test_closing_an_immediate_run_stops_it_and_a_rerun_completes_the_rest(dataset, service):
+    """The App streams an immediate run's progress and closes the generator when the stream ends
+    (tab closed, operation cancelled): the run stops at once, keeping what it finished."""
+    params = {"prompts": "thing", "threshold": THRESHOLD, "concurrency": 1, "chunk_size": 1}
+    # The first image is answered at once, every later one slowly: the close comes with one in flight.
+    with FlakyProxy(service, ["forward"] + ["slow"] * 5, scripted_path="/v1/segment") as proxy:
+        # As the App's /operators/execute/generator route starts it, then iterates the stream.
+        request = {"dataset_name": dataset.name, "params": {**params, "url": proxy.url}}
+        stream = asyncio.run(execute_or_delegate_operator(op("segment_with_sam3"), request)).result
+        update = next(m.body for m in stream if m.body.operator_uri == "set_progress")
+        assert update.params["label"] == "1 of 6 samples labelled, 0 failed"
+        stream.close()
+        assert not any(t.name == "samfleet-run" for t in threading.enumerate()), "the close waits for the run"
+        assert len(dataset.exists("sam3")) == 1
+        assert proxy.paths.count("/v1/segment") <= 2  # the second may have been in flight; no third started
+    stopped = runs.latest(dataset).config
+    assert (stopped.status, stopped.done) == ("stopped", 1)
+
+    rest = segment(dataset, {**params, "url": service, "concurrency": 4})
+    assert (rest["done"], rest["skipped"], rest["failed"]) == (5, 1, 0)
+    assert len(dataset.exists("sam3")) == len(dataset)
 
 
 def test_refine_with_points_uses_keypoints_as_clicks(dataset, client, service):
@@ -262,23 +366,27 @@ def test_refine_from_a_filtered_view_keeps_the_labels_the_view_hides(dataset, se
     assert [d.label for d in sample["refined"].detections] == ["kept", "shown", "cup"]
 
 
-def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, tmp_path):
-    foo.execute_operator(op("segment_with_sam3"), dataset=dataset,
-                         params={"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
+def test_review_patches_tags_counts_and_export_round_trip(dataset, service, tmp_path):
+    segment(dataset, {"prompts": PROMPT_TEXT, "threshold": THRESHOLD, "url": service})
     labels = [{"sample_id": s.id, "field": "sam3", "label_id": d.id}
               for s in dataset for d in s["sam3"].detections]
     assert len(labels) >= 3, "the tiny model found too few instances for this test"
-    rejected, accepted = labels[:1], labels[1:3]
-    foo.execute_operator(op("tag_sam3_labels"), dataset=dataset, selected_labels=rejected, params={"decision": "reject"})
+
+    # The reviewer's view: a patch per label, lowest score first; selecting a patch selects its label.
+    patches = curation.review_view(dataset, "sam3", max_score=1.0, undecided_only=True)
+    scores = patches.values("sam3.confidence")
+    assert len(scores) == len(labels) and scores == sorted(scores)
+    lowest = patches.first()
+    foo.execute_operator(op("tag_sam3_labels"), view=patches, selected=[lowest.id], params={"decision": "reject"})
+    accepted = [label for label in labels if label["label_id"] != lowest["sam3"].id][:2]
     foo.execute_operator(op("tag_sam3_labels"), dataset=dataset, selected_labels=accepted, params={"decision": "accept"})
     assert dataset.count_label_tags() == {curation.REJECTED: 1, curation.ACCEPTED: 2}
+    assert dataset.select_labels(tags=curation.REJECTED).values("sam3.detections.id", unwind=True) == [lowest["sam3"].id]
 
     review = foo.execute_operator(op("review_sam3_labels"), dataset=dataset,
-                                  params={"label_field": "sam3", "min_score": 1.0}).result
-    # Everything is below score 1.0: all but the 2 accepted labels need review (the rejected one included).
-    saved = dataset.load_saved_view(curation.NEEDS_REVIEW_VIEW)
-    assert saved.count("sam3.detections") == len(labels) - 2
-    assert review["needs_review_samples"] == len(saved)
+                                  params={"label_field": "sam3", "max_score": 1.0, "undecided_only": True}).result
+    # Every score is at most 1.0: the labels neither accepted nor rejected are left to review.
+    assert review["to_review"] == len(curation.review_view(dataset, "sam3", 1.0, True)) == len(labels) - 3
     per_prompt = review["per_prompt"]
     assert sum(c["instances"] for c in per_prompt.values()) == len(labels)
     assert sum(c[curation.REJECTED] for c in per_prompt.values()) == 1
@@ -314,7 +422,7 @@ def test_review_tags_saved_view_counts_and_export_round_trip(dataset, service, t
 
     png = fo.Dataset.from_dir(dataset_dir=written["png"], dataset_type=fo.types.ImageSegmentationDirectory,
                               data_path=str(tmp_path / "images"), label_field="gt")
-    targets = {label: value for value, label in curation.prompt_targets(dataset, "sam3").items()}
+    targets = {label: value for value, label in dataset.mask_targets["sam3"].items()}
     for sample in png:
         m = metadata[sample.filepath]
         expected = np.zeros((m.height, m.width), np.uint8)
@@ -384,7 +492,7 @@ def assert_frames_match_sdk(sample: fo.Sample, field: str, expected: dict[str, l
 
 def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client, service, clicked):
     params = {"prompts": ", ".join(VIDEO_PROMPTS), "url": service}
-    result = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    result = segment(video_dataset, params)
     assert result == {"done": 2, "skipped": 0, "failed": 0, "errors": {}}
     assert video_dataset.count("frames.sam3.detections") > 0, "nothing tracked: test is vacuous"
     for sample in video_dataset:
@@ -392,9 +500,12 @@ def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client,
 
     # Review counts frame labels; export says plainly that it is for images.
     review = foo.execute_operator(op("review_sam3_labels"), dataset=video_dataset,
-                                  params={"label_field": "frames.sam3", "min_score": 0.0}).result
-    assert review["per_prompt"] == {p: {"instances": 10, curation.ACCEPTED: 0, curation.REJECTED: 0, "low_score": 0}
+                                  params={"label_field": "frames.sam3", "max_score": 1.0}).result
+    assert review["per_prompt"] == {p: {"instances": 10, curation.ACCEPTED: 0, curation.REJECTED: 0, "to_review": 10}
                                     for p in VIDEO_PROMPTS}
+    assert video_dataset.classes["frames.sam3"] == VIDEO_PROMPTS
+    assert video_dataset.mask_targets["frames.sam3"] == {1: VIDEO_PROMPTS[0], 2: VIDEO_PROMPTS[1]}
+    assert runs.latest(video_dataset, "frames.sam3").config.done == 2  # the run, under where its labels are
     with pytest.raises(Exception, match="export of video frame labels is not supported"):
         foo.execute_operator(op("export_sam3_labels"), dataset=video_dataset,
                              params={"label_field": "frames.sam3", "export_dir": "unused"})
@@ -402,18 +513,17 @@ def test_video_dataset_gets_the_sdk_tracks_on_every_frame(video_dataset, client,
 
 def test_video_skip_existing_resumes_and_overwrite_redoes(video_dataset, client, service, clicked, tmp_path):
     params = {"prompts": ", ".join(VIDEO_PROMPTS), "url": service}
-    first = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    first = segment(video_dataset, params)
     assert (first["done"], first["skipped"]) == (2, 0)
     labelled = video_dataset.count("frames.sam3.detections")
     # A video whose frames were written but whose count was not (the run died in between) is redone.
     cut = video_dataset.first()
     cut[done_field("sam3")] = None
     cut.save()
-    rerun = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset, params=params).result
+    rerun = segment(video_dataset, params)
     assert (rerun["done"], rerun["skipped"]) == (1, 1)
     assert video_dataset.count("frames.sam3.detections") == labelled, "a re-run must replace, not add"
-    again = foo.execute_operator(op("segment_with_sam3"), dataset=video_dataset,
-                                 params={**params, "overwrite": True, "mask_dir": str(tmp_path / "masks")}).result
+    again = segment(video_dataset, {**params, "overwrite": True, "mask_dir": str(tmp_path / "masks")})
     assert (again["done"], again["skipped"]) == (2, 0)
     assert all(Path(p).is_file() for p in video_dataset.values("frames.sam3.detections.mask_path", unwind=True))
     for sample in video_dataset:
@@ -496,7 +606,7 @@ def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin,
     kept = labelled(ds)
     assert 8 <= kept < len(ds), "the run must have stopped partway, keeping its saved chunks"
 
-    rerun = foo.execute_operator(op("segment_with_sam3"), dataset=ds, params={**params, "url": service}).result
+    rerun = segment(ds, {**params, "url": service})
     assert (rerun["done"], rerun["skipped"], rerun["failed"]) == (len(ds) - kept, kept, 0)
     with Client(service) as c:
         for sample in ds:  # every sample once, none duplicated: exactly the SDK's instances
