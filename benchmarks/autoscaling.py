@@ -26,11 +26,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from common import free_port, model_or_tiny
+from common import Sampler, free_port, model_or_tiny
 
 # Autoscaling metrics are pushed every 10 s by default; a short run needs them sooner.  Set
 # before Ray starts so the controller and replicas inherit them.
@@ -101,44 +100,34 @@ def main() -> int:
     return 0
 
 
-class Recorder:
+class Recorder(Sampler):
     """Samples replica counts (Serve's controller), GPU worker nodes (Ray) and the client's
     progress every 0.5 s in a background thread."""
 
     def __init__(self, url: str, watch_nodes: bool):
+        super().__init__(interval_s=0.5)
         self.url = url
         self.watch_nodes = watch_nodes
         self.samples: list[dict] = []
         self.done = 0
         self.sent = 0
         self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def now(self) -> float:
         return round(time.monotonic() - self.started, 2)
 
-    def _run(self) -> None:
+    def sample(self) -> None:
         import ray
         from ray import serve
 
-        while not self._stop.wait(0.5):
-            deployment = serve.status().applications["samfleet"].deployments[MODEL]
-            states = {str(k): v for k, v in deployment.replica_states.items()}
-            sample = {"t": self.now(), "running": states.get("RUNNING", 0), "starting": states.get("STARTING", 0),
-                      "replica_states": states,
-                      "sent": self.sent, "done": self.done}
-            if self.watch_nodes:
-                sample["gpu_nodes"] = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
-            self.samples.append(sample)
+        deployment = serve.status().applications["samfleet"].deployments[MODEL]
+        states = {str(k): v for k, v in deployment.replica_states.items()}
+        sample = {"t": self.now(), "running": states.get("RUNNING", 0), "starting": states.get("STARTING", 0),
+                  "replica_states": states,
+                  "sent": self.sent, "done": self.done}
+        if self.watch_nodes:
+            sample["gpu_nodes"] = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
+        self.samples.append(sample)
 
     @property
     def latest(self) -> dict:

@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,28 @@ def running_service(model: str, replicas: int | None = None, *, ingress_replicas
         yield settings.url
     finally:
         runner.stop()
+
+
+class Sampler:
+    """`sample()` every `interval_s` in a background thread for as long as the `with` block
+    lasts (the timelines the fleet benchmarks record while they change the fleet)."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError

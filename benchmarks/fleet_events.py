@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autoscaling import FAST_METRICS, MODEL, FakeCluster
-from common import free_port
+from common import Sampler, free_port
 
 from sdk.video import DEFAULT_VIDEO_ATTEMPTS
 
@@ -147,39 +147,26 @@ class Clock:
         return round(time.monotonic() - self.started, 2)
 
 
-class ReplicaWatch:
+class ReplicaWatch(Sampler):
     """Serve's replica states per deployment every 0.25 s, in a background thread."""
 
     def __init__(self, clock: Clock):
+        super().__init__(interval_s=0.25)
         self.clock = clock
         self.samples: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def sample(self) -> None:
         from ray import serve
 
-        while not self._stop.wait(0.25):
-            with contextlib.suppress(Exception):  # the controller is busy or restarting: next sample
-                app = serve.status().applications[APP]
-                self.samples.append(
-                    {
-                        "t": self.clock.now(),
-                        "app": str(app.status.value),
-                        **{
-                            name: {str(k): v for k, v in d.replica_states.items()}
-                            for name, d in app.deployments.items()
-                        },
-                    }
-                )
+        with contextlib.suppress(Exception):  # the controller is busy or restarting: next sample
+            app = serve.status().applications[APP]
+            self.samples.append(
+                {
+                    "t": self.clock.now(),
+                    "app": str(app.status.value),
+                    **{name: {str(k): v for k, v in d.replica_states.items()} for name, d in app.deployments.items()},
+                }
+            )
 
     def first(self, condition, after: float = 0.0) -> float | None:
         return next((s["t"] for s in self.samples if s["t"] >= after and condition(s)), None)
@@ -339,15 +326,22 @@ def rollout(args) -> dict:
         # Not an error here if it does not: outcome.json says where the replicas stood.
         with contextlib.suppress(TimeoutError):
             wait(lambda: watch.samples and old_replicas_gone(watch.samples[-1]), 60, "the rollout to end")
-    stopping = watch.first(lambda s: "STOPPING" in s.get(MODEL, {}), after=redeployed_at)
+    outcome = drained_outcome(raw, args, watch, redeployed_at, [video_result], image_result)
+    outcome["rollout_done_at"] = watch.first(
+        old_replicas_gone, after=outcome["old_replica_stopping_at"] or redeployed_at
+    )
+    return outcome
+
+
+def drained_outcome(raw: dict, args, watch: ReplicaWatch, event_at: float, videos: list, images: dict) -> dict:
+    """What became of the work when a SAM3 replica was stopped at `event_at` or after (rollout, downscale)."""
     return {
         "config": raw,
         "frames_sent": args.video_frames,
-        "event_at": redeployed_at,
-        "old_replica_stopping_at": stopping,
-        "videos": [video_result],
-        "images": image_result,
-        "rollout_done_at": watch.first(old_replicas_gone, after=stopping or redeployed_at),
+        "event_at": event_at,
+        "old_replica_stopping_at": watch.first(lambda s: "STOPPING" in s.get(MODEL, {}), after=event_at),
+        "videos": videos,
+        "images": images,
         "replica_samples": watch.samples,
     }
 
@@ -388,17 +382,9 @@ def downscale(args) -> dict:
         image_result = images.stop()
         with contextlib.suppress(TimeoutError):  # outcome.json says where the replicas stood
             wait(lambda: watch.samples[-1].get(MODEL) == {"RUNNING": 1}, 60, "the stopped replica to exit")
-    stopping = watch.first(lambda s: "STOPPING" in s.get(MODEL, {}), after=lowered_at)
-    return {
-        "config": raw,
-        "frames_sent": args.video_frames,
-        "event_at": lowered_at,
-        "old_replica_stopping_at": stopping,
-        "videos": results,
-        "images": image_result,
-        "downscaled_at": watch.first(lambda s: s.get(MODEL) == {"RUNNING": 1}, after=lowered_at),
-        "replica_samples": watch.samples,
-    }
+    outcome = drained_outcome(raw, args, watch, lowered_at, results, image_result)
+    outcome["downscaled_at"] = watch.first(lambda s: s.get(MODEL) == {"RUNNING": 1}, after=lowered_at)
+    return outcome
 
 
 def node_loss(args) -> dict:
