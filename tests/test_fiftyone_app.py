@@ -98,8 +98,8 @@ def test_app_draws_masks_and_runs_the_operator(reviewed, app, browser, service):
     form = page.get_by_role("dialog").locator("input:not([type=checkbox]):not([type=radio])")
     form.first.wait_for(timeout=30_000)
     # The text/number inputs in the order SegmentWithSam3.resolve_input declares them.
-    fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "mask_dir", "url",
-              "delegate_above"]
+    fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "video_attempts",
+              "mask_dir", "url", "delegate_above"]
     form.nth(fields.index("prompts")).fill("thing")
     form.nth(fields.index("threshold")).fill(str(THRESHOLD))
     form.nth(fields.index("label_field")).fill("sam3_app")
