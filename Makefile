@@ -37,10 +37,11 @@ lint: install
 test: install $(MONGOD) system-packages
 	$(PY) -m pytest -m "not fleet" $(XDIST) $(PYTEST_ARGS)
 
-# The fleet scenarios (pyproject: the `fleet` marker), each a Ray of its own in a process of its
-# own, mostly waiting on the fleet (replicas scaling, draining, a node coming back): autoscaling,
-# rollout, downscale and node loss with work in flight.  CI runs them after `make test`.
-test-fleet: install
+# The fleet scenarios (pyproject: the `fleet` marker), mostly waiting on the fleet (replicas
+# scaling, draining, dying, a node coming back): autoscaling, rollout, downscale and node loss with
+# work in flight, a replica or a whole service killed mid-run, routing over two replicas.  Each
+# takes minutes or a Ray of its own.  CI runs them after `make test`.
+test-fleet: install $(MONGOD)
 	$(PY) -m pytest -m fleet $(XDIST) $(PYTEST_ARGS)
 
 # The tests that start no Ray service (pyproject: the `service` marker): about a minute.

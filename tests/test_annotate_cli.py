@@ -190,6 +190,7 @@ def kill_model_replica() -> str:
     return replica["name"]
 
 
+@pytest.mark.fleet  # a replica lost and replaced: `make test-fleet`
 def test_model_replica_killed_mid_run_is_replaced_and_every_image_done_once(service, folder, uninterrupted, tmp_path):
     """Requests the dead replica held come back 503 `replica_lost`; the SDK retries them on the
     replica Serve starts instead; the run finishes as if nothing happened."""

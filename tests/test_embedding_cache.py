@@ -85,6 +85,7 @@ def test_the_cache_keeps_its_bound_and_drops_the_least_recently_used_image(clien
 
 
 @pytest.mark.service
+@pytest.mark.fleet  # a service of its own with two replicas: `make test-fleet`
 @pytest.mark.timeout(300)
 def test_clicks_go_to_the_replica_holding_the_embedding_and_concurrent_clicks_get_their_own_image(
     tmp_path, tiny_model, reference

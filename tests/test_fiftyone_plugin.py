@@ -562,6 +562,7 @@ def labelled(ds: fo.Dataset) -> int:
     return len(ds.exists("sam3")) if ds.has_field("sam3") else 0
 
 
+@pytest.mark.fleet  # a whole service of its own, killed: `make test-fleet`
 def test_delegated_run_fails_when_the_service_dies_and_a_rerun_completes(plugin, service, service_config, tmp_path):
     ds = fo.Dataset("delegated-run", overwrite=True)
     # 24 samples in chunks of 4: the kill comes once two chunks are saved, and a chunk or two more
