@@ -23,6 +23,7 @@ from fiftyone_plugin.segment import (
     refine_with_keypoints,
     segment_collection,
 )
+from fiftyone_plugin.video import labels_path
 from sdk.video import DEFAULT_VIDEO_ATTEMPTS
 
 DEFAULT_FIELD = "sam3"
@@ -46,7 +47,7 @@ def detections_fields(ctx) -> list[str]:
         return []
     fields = list(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
     if ctx.dataset.media_type == fom.VIDEO:
-        fields += [f"frames.{name}" for name in ctx.dataset.get_frame_field_schema(embedded_doc_type=fo.Detections)]
+        fields += [labels_path(name) for name in ctx.dataset.get_frame_field_schema(embedded_doc_type=fo.Detections)]
     return sorted(fields)
 
 

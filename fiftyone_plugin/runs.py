@@ -95,5 +95,6 @@ def kept_errors(summary: RunSummary) -> dict[str, str]:
 def latest(collection: foc.SampleCollection, label_field: str | None = None) -> fors.RunInfo | None:
     """The newest SAM3 run (on `label_field`, if given), or None."""
     filters = {"label_field": label_field} if label_field else {}
-    keys = dataset_of(collection).list_runs(method=RUN_METHOD, **filters)
-    return dataset_of(collection).get_run_info(max(keys)) if keys else None
+    dataset = dataset_of(collection)
+    keys = dataset.list_runs(method=RUN_METHOD, **filters)
+    return dataset.get_run_info(max(keys)) if keys else None

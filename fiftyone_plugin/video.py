@@ -33,15 +33,19 @@ VIDEO_PROMPT_FIELD = (
 )
 
 
+def frame_field(label_field: str) -> str:
+    """The frame field's own name, whether `label_field` names it with its `frames.` prefix or without."""
+    return label_field.removeprefix(FRAMES)
+
+
 def labels_path(label_field: str) -> str:
-    """`frames.<name>`, where a video run's labels go, whether `label_field` names the frame
-    field with its prefix or without."""
-    return FRAMES + label_field.removeprefix(FRAMES)
+    """`frames.<name>`, where a video run's labels go."""
+    return FRAMES + frame_field(label_field)
 
 
 def done_field(label_field: str) -> str:
     """The sample field counting the frames labelled in `frames.<label_field>`."""
-    return f"{label_field.removeprefix(FRAMES)}_frames"
+    return f"{frame_field(label_field)}_frames"
 
 
 class VideoLabels:
@@ -53,7 +57,7 @@ class VideoLabels:
             raise ValueError("negative prompts apply to images only: the video tracking API has none")
         self.prompts = run.texts
         self.class_of = run.class_prompts.class_of
-        self.frame_field = run.label_field.removeprefix(FRAMES)
+        self.labels_path = labels_path(run.label_field)
         self.done_field = done_field(run.label_field)
         # One video at a time: a video is many frames of work, so a crash should lose none that finished.
         self.chunk_size = 1
@@ -72,7 +76,7 @@ class VideoLabels:
         )
 
     def write(self, view: foc.SampleCollection, finished: dict[str, dict[int, fo.Detections]]) -> None:
-        view.set_values(FRAMES + self.frame_field, finished, key_field="id")
+        view.set_values(self.labels_path, finished, key_field="id")
         view.set_values(
             self.done_field, {sample_id: len(frames) for sample_id, frames in finished.items()}, key_field="id"
         )
