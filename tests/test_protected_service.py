@@ -150,17 +150,20 @@ def test_full_queue_refuses_video_tracking_with_503_not_a_failed_stream(protecte
 def test_info_with_the_replica_busy_and_its_queue_full_is_503_not_500(protected):
     """/v1/info asks the model replica too (`samfleet annotate` calls it first), so it answers a
     full queue as every other route does.  One video streaming on the replica and two queued
-    behind it fill the replica (1 ongoing) and its queue (2)."""
+    behind it fill the replica (1 ongoing) and its queue (2); those two are short, as only their
+    place in the queue counts."""
     url, _ = protected
-    video = {"files": {"video": ("clip.mkv", moving_squares_clip(100)[0])},
-             "data": {"params": '{"points": [{"x": 8, "y": 8}]}'}}
+
+    def video(frames: int) -> dict:
+        return {"files": {"video": ("clip.mkv", moving_squares_clip(frames)[0])},
+                "data": {"params": '{"points": [{"x": 8, "y": 8}]}'}}
 
     async def run() -> tuple[list[httpx.Response], list[int]]:
         async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as http:
-            async with http.stream("POST", "/v1/video/track", **video) as first:
+            async with http.stream("POST", "/v1/video/track", **video(100)) as first:
                 lines = first.aiter_lines()
                 await anext(lines)  # the first video is on the replica
-                queued = [asyncio.create_task(http.post("/v1/video/track", **video)) for _ in range(2)]
+                queued = [asyncio.create_task(http.post("/v1/video/track", **video(4))) for _ in range(2)]
                 await asyncio.sleep(1)
                 infos = [await http.get("/v1/info") for _ in range(3)]
                 last = [line async for line in lines][-1]
