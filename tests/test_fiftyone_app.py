@@ -97,13 +97,18 @@ def test_app_draws_masks_and_runs_the_operator(reviewed, app, browser, service):
     page.keyboard.press("Enter")
     form = page.get_by_role("dialog").locator("input:not([type=checkbox]):not([type=radio])")
     form.first.wait_for(timeout=30_000)
-    # The text/number inputs in the order SegmentWithSam3.resolve_input declares them.
-    fields = ["prompts", "negative_prompts", "threshold", "label_field", "concurrency", "chunk_size", "video_attempts",
-              "mask_dir", "url", "delegate_above"]
-    form.nth(fields.index("prompts")).fill("thing")
-    form.nth(fields.index("threshold")).fill(str(THRESHOLD))
-    form.nth(fields.index("label_field")).fill("sam3_app")
-    form.nth(fields.index("url")).fill(service)  # the App process has no SAMFLEET_URL
+    # Each input by the label the form shows above it (the first line of the largest element
+    # around the input holding no other input): FiftyOne gives the inputs no name or label element.
+    labels = form.evaluate_all("""inputs => inputs.map(input => {
+        let field = input;
+        while (field.parentElement && field.parentElement.querySelectorAll("input").length === 1)
+            field = field.parentElement;
+        return field.innerText.split("\\n")[0];
+    })""")
+    form.nth(labels.index("Prompts")).fill("thing")
+    form.nth(labels.index("Score threshold")).fill(str(THRESHOLD))
+    form.nth(labels.index("Label field")).fill("sam3_app")
+    form.nth(labels.index("Service URL")).fill(service)  # the App process has no SAMFLEET_URL
     page.wait_for_timeout(1000)
     shot(page, "app-operator-form")
     page.get_by_role("button", name="Execute").click()
