@@ -137,10 +137,15 @@ def test_videos_get_their_own_body_limit_under_the_prefix(protected):
     assert_error(image, 413, "payload_too_large")
 
 
+def track_request(frames: int) -> dict:
+    """httpx's arguments for a /v1/video/track request: a clip of `frames` frames, one click."""
+    return {"files": {"video": ("clip.mkv", moving_squares_clip(frames)[0])},
+            "data": {"params": '{"points": [{"x": 8, "y": 8}]}'}}
+
+
 def test_full_queue_refuses_video_tracking_with_503_not_a_failed_stream(protected):
     url, _ = protected
-    results = asyncio.run(burst(url, "/v1/video/track", files={"video": ("clip.mkv", moving_squares_clip(4)[0])},
-                                data={"params": '{"points": [{"x": 8, "y": 8}]}'}))
+    results = asyncio.run(burst(url, "/v1/video/track", **track_request(4)))
     assert_refused_at_once(results)
     for status, _, response in results:
         if status == 200:  # every stream that started ran to its summary
@@ -153,17 +158,14 @@ def test_info_with_the_replica_busy_and_its_queue_full_is_503_not_500(protected)
     behind it fill the replica (1 ongoing) and its queue (2); those two are short, as only their
     place in the queue counts."""
     url, _ = protected
-
-    def video(frames: int) -> dict:
-        return {"files": {"video": ("clip.mkv", moving_squares_clip(frames)[0])},
-                "data": {"params": '{"points": [{"x": 8, "y": 8}]}'}}
+    long, short = track_request(100), track_request(4)
 
     async def run() -> tuple[list[httpx.Response], list[int]]:
         async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as http:
-            async with http.stream("POST", "/v1/video/track", **video(100)) as first:
+            async with http.stream("POST", "/v1/video/track", **long) as first:
                 lines = first.aiter_lines()
                 await anext(lines)  # the first video is on the replica
-                queued = [asyncio.create_task(http.post("/v1/video/track", **video(4))) for _ in range(2)]
+                queued = [asyncio.create_task(http.post("/v1/video/track", **short)) for _ in range(2)]
                 await asyncio.sleep(1)
                 infos = [await http.get("/v1/info") for _ in range(3)]
                 last = [line async for line in lines][-1]
