@@ -51,11 +51,11 @@ def detections_fields(ctx) -> list[str]:
     return sorted(fields)
 
 
-def label_field_input(inputs: types.Object, ctx, default: str | None = DEFAULT_FIELD) -> None:
+def label_field_input(inputs: types.Object, ctx, default: str = DEFAULT_FIELD) -> None:
     fields = detections_fields(ctx)
     if fields:
         # In a video dataset "segment with SAM3" writes `default` on the frames.
-        chosen = next((f for f in (default, f"frames.{default}") if f in fields), fields[0])
+        chosen = next((f for f in (default, labels_path(default)) if f in fields), fields[0])
         inputs.enum("label_field", fields, default=chosen, label="Label field", view=types.AutocompleteView())
     else:
         inputs.str("label_field", default=default, label="Label field")
